@@ -1,0 +1,44 @@
+//! Request extractors whose rejections are problems, so a malformed body, query or
+//! path gets the same error shape as every other failure.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::problem::Problem;
+
+/// A JSON body (`deny_unknown_fields` on the target type turns unknown fields into 422).
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(Body(value))
+    }
+}
+
+/// Query-string parameters.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Params<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let Query(value) = Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Params(value))
+    }
+}
+
+/// Path parameters.
+pub struct Segments<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Segments<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let Path(value) = Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Segments(value))
+    }
+}

@@ -1,0 +1,229 @@
+//! The control plane's vocabulary: the values an admin or developer manipulates,
+//! shared by the store, the admin API, the portal and (through snapshots) the gateway.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where an API version is in its life. The legal moves between states live in
+/// [`crate::lifecycle`]; nothing else may change a version's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum VersionState {
+    Draft,
+    Published,
+    Deprecated,
+    Retired,
+}
+
+impl VersionState {
+    pub const ALL: [VersionState; 4] =
+        [VersionState::Draft, VersionState::Published, VersionState::Deprecated, VersionState::Retired];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Draft => "draft",
+            VersionState::Published => "published",
+            VersionState::Deprecated => "deprecated",
+            VersionState::Retired => "retired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Whether the gateway carries traffic for a version in this state.
+    pub fn is_live(self) -> bool {
+        matches!(self, VersionState::Published | VersionState::Deprecated)
+    }
+}
+
+/// State of an application's subscription to an API version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionState {
+    Pending,
+    Approved,
+    Rejected,
+    Revoked,
+}
+
+impl SubscriptionState {
+    pub const ALL: [SubscriptionState; 4] = [
+        SubscriptionState::Pending,
+        SubscriptionState::Approved,
+        SubscriptionState::Rejected,
+        SubscriptionState::Revoked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionState::Pending => "pending",
+            SubscriptionState::Approved => "approved",
+            SubscriptionState::Rejected => "rejected",
+            SubscriptionState::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// How requests are spread over an upstream's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    /// Weighted round robin (equal weights give plain round robin).
+    #[default]
+    RoundRobin,
+    LeastConnections,
+    /// Consistent hashing on `hash_on`.
+    ConsistentHash,
+}
+
+/// What consistent hashing hashes on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum HashOn {
+    ClientIp,
+    Header(String),
+}
+
+/// One backend server of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// `http://host:port` or `https://host:port`, optionally with a path prefix.
+    pub url: String,
+    /// Relative share of traffic, 1..=1000.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+/// Timeouts applied when proxying to an upstream, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub connect_ms: u64,
+    /// Time allowed for one attempt, from sending the request to the response head.
+    pub read_ms: u64,
+    /// Time allowed for all attempts together.
+    pub total_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { connect_ms: 5_000, read_ms: 30_000, total_ms: 60_000 }
+    }
+}
+
+/// Active health checking of an upstream's targets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    pub enabled: bool,
+    /// Path probed with GET on each target.
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive successes that bring an ejected target back.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that eject a target.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            enabled: false,
+            path: "/".into(),
+            interval_ms: 10_000,
+            timeout_ms: 2_000,
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
+}
+
+/// Everything that defines an upstream apart from its identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub targets: Vec<Target>,
+    #[serde(default)]
+    pub algorithm: LoadBalancing,
+    #[serde(default)]
+    pub hash_on: Option<HashOn>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub health_check: HealthCheck,
+}
+
+/// A route of an API version: which requests under the version's base path it takes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Optional operation name (the OpenAPI `operationId` on import).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Upper-case HTTP methods; empty means any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Path template relative to the version's base path: `/pets`, `/pets/{id}`,
+    /// or a prefix ending in `/*` (`/*` takes everything under the base path).
+    pub path: String,
+    /// Exact host (`api.example.com`) or wildcard (`*.example.com`).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Headers that must be present with exactly these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A requests-per-window limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per_seconds: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaPeriod {
+    Hour,
+    Day,
+    Month,
+}
+
+/// A total number of requests per calendar period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    pub requests: u64,
+    pub period: QuotaPeriod,
+}
+
+/// Instant used for sunset dates and timestamps throughout.
+pub type Timestamp = DateTime<Utc>;

@@ -1,0 +1,162 @@
+//! Configuration snapshots: the immutable, versioned, checksummed view of the
+//! control plane that gateways run on. The control plane compiles one after every
+//! change; a gateway applies it only if it is newer and intact.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::{RouteSpec, UpstreamSpec, VersionState};
+
+/// An upstream as the gateway sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotUpstream {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: UpstreamSpec,
+}
+
+/// A route with its identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRoute {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: RouteSpec,
+}
+
+/// One non-draft API version with its routes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotVersion {
+    pub id: String,
+    pub api_id: String,
+    pub api_slug: String,
+    pub label: String,
+    pub state: VersionState,
+    /// Path prefix under which the version's routes are served, e.g. `/petstore/v1`.
+    pub base_path: String,
+    /// Id of the upstream in [`SnapshotContent::upstreams`]; none means the version
+    /// has nowhere to send traffic and the gateway answers 503.
+    pub upstream_id: Option<String>,
+    pub sunset_at: Option<DateTime<Utc>>,
+    /// When the version was deprecated, for the `Deprecation` header (RFC 9745).
+    pub deprecated_at: Option<DateTime<Utc>>,
+    /// Base path of the newest live version of the same API, for `Link: rel=successor-version`.
+    pub successor_base_path: Option<String>,
+    pub routes: Vec<SnapshotRoute>,
+}
+
+/// What the gateway needs, without version or checksum. Lists are kept sorted by id
+/// so that the same state always gives the same checksum.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotContent {
+    pub versions: Vec<SnapshotVersion>,
+    pub upstreams: Vec<SnapshotUpstream>,
+}
+
+impl SnapshotContent {
+    /// Sorts every list into its canonical order.
+    pub fn canonicalize(&mut self) {
+        self.upstreams.sort_by(|a, b| a.id.cmp(&b.id));
+        self.versions.sort_by(|a, b| a.id.cmp(&b.id));
+        for v in &mut self.versions {
+            v.routes.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+    }
+
+    /// Hex SHA-256 of the canonical JSON form of the content.
+    pub fn checksum(&self) -> String {
+        let json = serde_json::to_vec(self).expect("snapshot content serializes");
+        hex::encode(Sha256::digest(&json))
+    }
+}
+
+/// A compiled, immutable configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Strictly increasing across the cluster's history.
+    pub version: u64,
+    pub checksum: String,
+    pub created_at: DateTime<Utc>,
+    pub content: SnapshotContent,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("snapshot {version} is corrupt: checksum {expected} does not match its content ({actual})")]
+    ChecksumMismatch { version: u64, expected: String, actual: String },
+    #[error("snapshot version 0 is not valid")]
+    ZeroVersion,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from content, canonicalizing it and computing its checksum.
+    pub fn compile(version: u64, mut content: SnapshotContent, created_at: DateTime<Utc>) -> Snapshot {
+        content.canonicalize();
+        let checksum = content.checksum();
+        Snapshot { version, checksum, created_at, content }
+    }
+
+    /// Checks that the snapshot is intact: non-zero version and a matching checksum.
+    pub fn verify(&self) -> Result<(), SnapshotError> {
+        if self.version == 0 {
+            return Err(SnapshotError::ZeroVersion);
+        }
+        let actual = self.content.checksum();
+        if actual != self.checksum {
+            return Err(SnapshotError::ChecksumMismatch {
+                version: self.version,
+                expected: self.checksum.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a gateway holding `current` should apply `self`.
+    pub fn supersedes(&self, current: Option<&Snapshot>) -> bool {
+        current.is_none_or(|c| self.version > c.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content() -> SnapshotContent {
+        SnapshotContent::default()
+    }
+
+    #[test]
+    fn compile_then_verify_succeeds_and_tampering_is_detected() {
+        let snap = Snapshot::compile(3, content(), Utc::now());
+        assert_eq!(snap.verify(), Ok(()));
+        let mut bad = snap.clone();
+        bad.content.upstreams.push(SnapshotUpstream {
+            id: "u".into(),
+            spec: UpstreamSpec {
+                name: "u".into(),
+                targets: vec![],
+                algorithm: Default::default(),
+                hash_on: None,
+                timeouts: Default::default(),
+                health_check: Default::default(),
+            },
+        });
+        assert!(matches!(bad.verify(), Err(SnapshotError::ChecksumMismatch { .. })));
+    }
+
+    #[test]
+    fn only_newer_versions_supersede() {
+        let a = Snapshot::compile(5, content(), Utc::now());
+        let b = Snapshot::compile(6, content(), Utc::now());
+        assert!(a.supersedes(None));
+        assert!(b.supersedes(Some(&a)));
+        assert!(!a.supersedes(Some(&b)));
+        assert!(!a.supersedes(Some(&a)));
+    }
+
+    #[test]
+    fn zero_version_is_rejected() {
+        assert_eq!(Snapshot::compile(0, content(), Utc::now()).verify(), Err(SnapshotError::ZeroVersion));
+    }
+}

@@ -1,0 +1,34 @@
+//! Turnpike's gateway: the data plane. It runs on configuration snapshots received
+//! from a [`turnpike_bus::ConfigBus`], never on a database, and proxies requests to
+//! upstreams through a pipeline of phases documented in `pipeline.rs`.
+//!
+//! Running it (all-in-one or as a gateway node):
+//! ```no_run
+//! # async fn run(bus: &dyn turnpike_bus::ConfigBus) -> std::io::Result<()> {
+//! use turnpike_gateway::{ConfigStore, serve_proxy, serve_status};
+//! let store = ConfigStore::new();
+//! tokio::spawn(store.clone().follow(bus.subscribe()));
+//! let proxy = tokio::net::TcpListener::bind("0.0.0.0:8000").await?;
+//! let status = tokio::net::TcpListener::bind("127.0.0.1:8002").await?;
+//! let status_task = tokio::spawn(serve_status(status, store.clone(), std::future::pending()));
+//! serve_proxy(proxy, store, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! status_task.abort();
+//! # Ok(()) }
+//! ```
+
+mod balancer;
+mod config;
+mod error;
+mod lifecycle;
+mod path;
+mod pipeline;
+mod proxy;
+mod router;
+mod server;
+mod status;
+mod upstream;
+
+pub use config::{ApplyError, CompiledConfig, ConfigStatus, ConfigStore};
+pub use error::PROBLEM_TYPE_PREFIX;
+pub use server::serve_proxy;
+pub use status::serve_status;

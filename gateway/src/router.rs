@@ -1,0 +1,621 @@
+//! Routing: which API version and route take a request. Built once per snapshot;
+//! matching is a scan over routes kept in precedence order, so the first route that
+//! matches is the right one.
+//!
+//! Precedence, highest first:
+//! 1. Versions with the longer base path (counted in segments), then live before
+//!    retired ones with the same base path. A request goes to the first version
+//!    whose base path it is under *and* one of whose routes matches it; a retired
+//!    version answers every request under its base path (with 410).
+//! 2. Within a version, exact templates before prefixes (`.../*`); among prefixes,
+//!    the longer one first; then, segment by segment from the left, a literal
+//!    segment before a segment mixing literals and parameters (`{name}.json`)
+//!    before a plain parameter (`{id}`).
+//! 3. For the same path shape, the more constrained route first: an exact host
+//!    counts 2, a wildcard host 1, a method list 1, each header 1.
+//! 4. Finally the route id, so that the order never depends on input order.
+
+use std::cmp::Reverse;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use turnpike_domain::model::{RouteSpec, VersionState};
+use turnpike_domain::snapshot::SnapshotRoute;
+
+use crate::path::normalize;
+
+/// Why a route (or a base path) from a snapshot cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("invalid path template {0:?}")]
+    Path(String),
+    #[error("invalid method {0:?}")]
+    Method(String),
+    #[error("invalid host pattern {0:?}")]
+    Host(String),
+    #[error("invalid header match {0:?}")]
+    Header(String),
+}
+
+/// What the router needs to know about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    /// Lower-case host without port (see [`request_host`]).
+    pub host: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// The normalized path (see [`crate::path::normalize`]).
+    pub path: &'a str,
+}
+
+/// The router's answer. `T` is whatever the caller attached to each version.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteOutcome<'r, T> {
+    Matched {
+        version: &'r T,
+        route_id: &'r str,
+        /// Where the path under the base path starts: `&path[remainder_start..]` is
+        /// `""` or starts with `/`.
+        remainder_start: usize,
+    },
+    Retired(&'r T),
+    /// Some route takes this path, but with other methods.
+    MethodNotAllowed(Vec<Method>),
+    NotFound,
+}
+
+/// Routes of every version in a snapshot, in precedence order.
+#[derive(Debug)]
+pub struct Router<T> {
+    versions: Vec<VersionRoutes<T>>,
+}
+
+#[derive(Debug)]
+struct VersionRoutes<T> {
+    /// Normalized base path without trailing slash; `""` for the root.
+    base: String,
+    live: bool,
+    payload: T,
+    routes: Vec<Route>,
+}
+
+impl<T> Default for Router<T> {
+    fn default() -> Self {
+        Router { versions: Vec::new() }
+    }
+}
+
+impl<T> Router<T> {
+    /// Adds a version. Drafts are ignored (they never route); routes that cannot be
+    /// compiled are skipped and reported, so one bad route does not take down the rest.
+    pub fn add_version(
+        &mut self,
+        base_path: &str,
+        state: VersionState,
+        payload: T,
+        routes: &[SnapshotRoute],
+    ) -> Result<Vec<(String, RouteError)>, RouteError> {
+        if !state.is_live() && state != VersionState::Retired {
+            return Ok(Vec::new());
+        }
+        let base = normalize(base_path).map_err(|_| RouteError::Path(base_path.to_owned()))?;
+        let base = base.trim_end_matches('/').to_owned();
+        let mut compiled = Vec::with_capacity(routes.len());
+        let mut skipped = Vec::new();
+        for route in routes {
+            match Route::compile(&route.id, &route.spec) {
+                Ok(r) => compiled.push(r),
+                Err(e) => skipped.push((route.id.clone(), e)),
+            }
+        }
+        compiled.sort_by(|a, b| a.rank.cmp(&b.rank));
+        self.versions.push(VersionRoutes { base, live: state.is_live(), payload, routes: compiled });
+        // Stable sort: versions with equal keys keep the order they were added in.
+        self.versions.sort_by_key(|v| (Reverse(segment_count(&v.base)), Reverse(v.live)));
+        Ok(skipped)
+    }
+
+    /// Finds the version and route for a request.
+    pub fn route(&self, req: &RequestFacts<'_>) -> RouteOutcome<'_, T> {
+        let mut allow: Vec<Method> = Vec::new();
+        for version in &self.versions {
+            let Some(remainder) = under_base(req.path, &version.base) else { continue };
+            if !version.live {
+                if allow.is_empty() {
+                    return RouteOutcome::Retired(&version.payload);
+                }
+                break;
+            }
+            let segments = split_segments(remainder);
+            for route in &version.routes {
+                if !route.path.matches(&segments) || !route.matches_host_and_headers(req) {
+                    continue;
+                }
+                if route.methods.is_empty() || route.methods.contains(req.method) {
+                    return RouteOutcome::Matched {
+                        version: &version.payload,
+                        route_id: &route.id,
+                        remainder_start: version.base.len(),
+                    };
+                }
+                allow.extend(route.methods.iter().cloned());
+            }
+        }
+        if allow.is_empty() {
+            RouteOutcome::NotFound
+        } else {
+            allow.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            allow.dedup();
+            RouteOutcome::MethodNotAllowed(allow)
+        }
+    }
+}
+
+/// The request's host, lower-cased and without port: from the URI (HTTP/2 and
+/// absolute-form requests) or else the `Host` header.
+pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    let host = match uri.host() {
+        Some(h) => h.to_owned(),
+        None => {
+            let value = headers.get(http::header::HOST)?.to_str().ok()?;
+            value.parse::<http::uri::Authority>().ok()?.host().to_owned()
+        }
+    };
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// The part of `path` under `base`, if `path` is `base` or continues it with `/`.
+fn under_base<'p>(path: &'p str, base: &str) -> Option<&'p str> {
+    let rest = path.strip_prefix(base)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+fn split_segments(path: &str) -> Vec<&str> {
+    match path.strip_prefix('/').unwrap_or(path) {
+        "" => Vec::new(),
+        rest => rest.split('/').collect(),
+    }
+}
+
+fn segment_count(base: &str) -> usize {
+    split_segments(base).len()
+}
+
+#[derive(Debug)]
+struct Route {
+    id: String,
+    path: PathPattern,
+    methods: Vec<Method>,
+    host: Option<HostPattern>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    rank: Rank,
+}
+
+/// Sort key implementing the precedence in the module documentation.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    prefix: bool,
+    length: Reverse<usize>,
+    segments: Vec<u8>,
+    constraints: Reverse<usize>,
+    id: String,
+}
+
+impl Route {
+    fn compile(id: &str, spec: &RouteSpec) -> Result<Route, RouteError> {
+        let path = PathPattern::compile(&spec.path)?;
+        let methods = spec
+            .methods
+            .iter()
+            .map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| RouteError::Method(m.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let host = spec.host.as_deref().map(HostPattern::compile).transpose()?;
+        let headers = spec
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let invalid = || RouteError::Header(name.clone());
+                Ok((
+                    HeaderName::try_from(name.as_str()).map_err(|_| invalid())?,
+                    HeaderValue::try_from(value).map_err(|_| invalid())?,
+                ))
+            })
+            .collect::<Result<Vec<_>, RouteError>>()?;
+        let host_weight = match host {
+            Some(HostPattern::Exact(_)) => 2,
+            Some(HostPattern::Wildcard(_)) => 1,
+            None => 0,
+        };
+        let (prefix, segments) = match &path {
+            PathPattern::Exact(s) => (false, s),
+            PathPattern::Prefix(s) => (true, s),
+        };
+        let rank = Rank {
+            prefix,
+            length: Reverse(segments.len()),
+            segments: segments.iter().map(Segment::rank).collect(),
+            constraints: Reverse(host_weight + usize::from(!methods.is_empty()) + headers.len()),
+            id: id.to_owned(),
+        };
+        Ok(Route { id: id.to_owned(), path, methods, host, headers, rank })
+    }
+
+    fn matches_host_and_headers(&self, req: &RequestFacts<'_>) -> bool {
+        let host_ok = match &self.host {
+            Some(pattern) => req.host.is_some_and(|h| pattern.matches(h)),
+            None => true,
+        };
+        host_ok && self.headers.iter().all(|(name, value)| req.headers.get_all(name).iter().any(|v| v == value))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum PathPattern {
+    Exact(Vec<Segment>),
+    /// Matches these segments followed by anything (or nothing).
+    Prefix(Vec<Segment>),
+}
+
+impl PathPattern {
+    fn compile(template: &str) -> Result<PathPattern, RouteError> {
+        let invalid = || RouteError::Path(template.to_owned());
+        let (body, prefix) = match template.strip_suffix("/*") {
+            Some(body) => (if body.is_empty() { "/" } else { body }, true),
+            None => (template, false),
+        };
+        // Literal segments are compared with normalized request paths, so they are
+        // normalized the same way.
+        let normalized = normalize(body).map_err(|_| invalid())?;
+        let mut segments = split_segments(&normalized)
+            .into_iter()
+            .map(Segment::compile)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(invalid)?;
+        if prefix && segments.last() == Some(&Segment::Literal(String::new())) {
+            segments.pop();
+        }
+        Ok(if prefix { PathPattern::Prefix(segments) } else { PathPattern::Exact(segments) })
+    }
+
+    fn matches(&self, request: &[&str]) -> bool {
+        match self {
+            PathPattern::Exact(s) => s.len() == request.len() && s.iter().zip(request).all(|(p, r)| p.matches(r)),
+            PathPattern::Prefix(s) => s.len() <= request.len() && s.iter().zip(request).all(|(p, r)| p.matches(r)),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// Literals and parameters within one segment, like `{name}.{ext}`.
+    Mixed(Vec<Piece>),
+    /// `{name}`: any one non-empty segment.
+    Param,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Piece {
+    Literal(String),
+    Param,
+}
+
+impl Segment {
+    fn compile(raw: &str) -> Option<Segment> {
+        if !raw.contains(['{', '}']) {
+            return Some(Segment::Literal(raw.to_owned()));
+        }
+        let mut pieces = Vec::new();
+        let mut rest = raw;
+        while !rest.is_empty() {
+            match rest.find('{') {
+                Some(0) => {
+                    let close = rest.find('}')?;
+                    if rest[1..close].contains('{') {
+                        return None;
+                    }
+                    pieces.push(Piece::Param);
+                    rest = &rest[close + 1..];
+                }
+                found => {
+                    let end = found.unwrap_or(rest.len());
+                    if rest[..end].contains('}') {
+                        return None;
+                    }
+                    pieces.push(Piece::Literal(rest[..end].to_owned()));
+                    rest = &rest[end..];
+                }
+            }
+        }
+        Some(if pieces == [Piece::Param] { Segment::Param } else { Segment::Mixed(pieces) })
+    }
+
+    fn rank(&self) -> u8 {
+        match self {
+            Segment::Literal(_) => 0,
+            Segment::Mixed(_) => 1,
+            Segment::Param => 2,
+        }
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        match self {
+            Segment::Literal(l) => l == s,
+            Segment::Param => !s.is_empty(),
+            Segment::Mixed(pieces) => match_pieces(pieces, s),
+        }
+    }
+}
+
+/// Each parameter takes at least one character; backtracks over where it ends.
+fn match_pieces(pieces: &[Piece], s: &str) -> bool {
+    match pieces.split_first() {
+        None => s.is_empty(),
+        Some((Piece::Literal(l), rest)) => s.strip_prefix(l.as_str()).is_some_and(|tail| match_pieces(rest, tail)),
+        Some((Piece::Param, rest)) => {
+            s.char_indices().skip(1).map(|(i, _)| i).chain([s.len()]).any(|i| i > 0 && match_pieces(rest, &s[i..]))
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: any name ending so, at any depth.
+    Wildcard(String),
+}
+
+impl HostPattern {
+    fn compile(raw: &str) -> Result<HostPattern, RouteError> {
+        let invalid = || RouteError::Host(raw.to_owned());
+        let lower = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+        let (wildcard, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        // The pattern is parsed like a request's Host so that a port given in it is ignored alike.
+        let host = name.parse::<http::uri::Authority>().map_err(|_| invalid())?.host().to_owned();
+        if host.is_empty() || host.contains('*') {
+            return Err(invalid());
+        }
+        Ok(if wildcard { HostPattern::Wildcard(format!(".{host}")) } else { HostPattern::Exact(host) })
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn route(id: &str, path: &str) -> SnapshotRoute {
+        SnapshotRoute {
+            id: id.into(),
+            spec: RouteSpec { name: None, methods: vec![], path: path.into(), host: None, headers: BTreeMap::new() },
+        }
+    }
+
+    fn with_methods(mut r: SnapshotRoute, methods: &[&str]) -> SnapshotRoute {
+        r.spec.methods = methods.iter().map(|m| m.to_string()).collect();
+        r
+    }
+
+    fn with_host(mut r: SnapshotRoute, host: &str) -> SnapshotRoute {
+        r.spec.host = Some(host.into());
+        r
+    }
+
+    fn with_header(mut r: SnapshotRoute, name: &str, value: &str) -> SnapshotRoute {
+        r.spec.headers.insert(name.into(), value.into());
+        r
+    }
+
+    fn router(versions: Vec<(&'static str, &str, VersionState, Vec<SnapshotRoute>)>) -> Router<&'static str> {
+        let mut router = Router::default();
+        for (name, base, state, routes) in versions {
+            let skipped = router.add_version(base, state, name, &routes).unwrap();
+            assert!(skipped.is_empty(), "{skipped:?}");
+        }
+        router
+    }
+
+    struct Req {
+        method: Method,
+        host: Option<&'static str>,
+        headers: HeaderMap,
+    }
+
+    fn get() -> Req {
+        Req { method: Method::GET, host: None, headers: HeaderMap::new() }
+    }
+
+    impl Req {
+        fn method(mut self, m: Method) -> Self {
+            self.method = m;
+            self
+        }
+        fn host(mut self, h: &'static str) -> Self {
+            self.host = Some(h);
+            self
+        }
+        fn header(mut self, name: &'static str, value: &'static str) -> Self {
+            self.headers.insert(name, HeaderValue::from_static(value));
+            self
+        }
+        /// `(version, route, remainder)` of a match, or a short name of the outcome.
+        fn at(&self, router: &Router<&'static str>, path: &str) -> String {
+            let facts = RequestFacts { method: &self.method, host: self.host, headers: &self.headers, path };
+            match router.route(&facts) {
+                RouteOutcome::Matched { version, route_id, remainder_start } => {
+                    format!("{version} {route_id} {:?}", &path[remainder_start..])
+                }
+                RouteOutcome::Retired(v) => format!("retired {v}"),
+                RouteOutcome::MethodNotAllowed(allow) => format!("405 {allow:?}"),
+                RouteOutcome::NotFound => "404".into(),
+            }
+        }
+    }
+
+    #[test]
+    fn base_path_must_end_at_a_segment_boundary_and_is_stripped() {
+        let r = router(vec![("v1", "/pets/v1", VersionState::Published, vec![route("all", "/*")])]);
+        assert_eq!(get().at(&r, "/pets/v1"), "v1 all \"\"");
+        assert_eq!(get().at(&r, "/pets/v1/"), "v1 all \"/\"");
+        assert_eq!(get().at(&r, "/pets/v1/a/b"), "v1 all \"/a/b\"");
+        assert_eq!(get().at(&r, "/pets/v10"), "404");
+        assert_eq!(get().at(&r, "/pets"), "404");
+    }
+
+    #[test]
+    fn templates_match_one_non_empty_segment() {
+        let r = router(vec![(
+            "v1",
+            "/api",
+            VersionState::Published,
+            vec![route("one", "/pets/{id}"), route("file", "/files/{name}.{ext}")],
+        )]);
+        assert_eq!(get().at(&r, "/api/pets/7"), "v1 one \"/pets/7\"");
+        assert_eq!(get().at(&r, "/api/pets/"), "404");
+        assert_eq!(get().at(&r, "/api/pets"), "404");
+        assert_eq!(get().at(&r, "/api/pets/7/toys"), "404");
+        assert_eq!(get().at(&r, "/api/files/a.b.json"), "v1 file \"/files/a.b.json\"");
+        assert_eq!(get().at(&r, "/api/files/.json"), "404");
+        assert_eq!(get().at(&r, "/api/files/readme"), "404");
+    }
+
+    #[test]
+    fn prefixes_match_themselves_and_everything_under() {
+        let r = router(vec![("v1", "/api", VersionState::Published, vec![route("p", "/pets/*")])]);
+        assert_eq!(get().at(&r, "/api/pets"), "v1 p \"/pets\"");
+        assert_eq!(get().at(&r, "/api/pets/"), "v1 p \"/pets/\"");
+        assert_eq!(get().at(&r, "/api/pets/1/toys"), "v1 p \"/pets/1/toys\"");
+        assert_eq!(get().at(&r, "/api/petsitter"), "404");
+    }
+
+    #[test]
+    fn literals_beat_templates_beat_prefixes() {
+        let routes = vec![
+            route("any", "/*"),
+            route("pets-prefix", "/pets/*"),
+            route("pet", "/pets/{id}"),
+            route("mine", "/pets/mine"),
+            route("json", "/pets/{id}.json"),
+        ];
+        let r = router(vec![("v1", "/", VersionState::Published, routes)]);
+        assert_eq!(get().at(&r, "/pets/mine"), "v1 mine \"/pets/mine\"");
+        assert_eq!(get().at(&r, "/pets/7.json"), "v1 json \"/pets/7.json\"");
+        assert_eq!(get().at(&r, "/pets/7"), "v1 pet \"/pets/7\"");
+        assert_eq!(get().at(&r, "/pets/7/toys"), "v1 pets-prefix \"/pets/7/toys\"");
+        assert_eq!(get().at(&r, "/owners"), "v1 any \"/owners\"");
+    }
+
+    #[test]
+    fn longer_prefixes_win_and_exact_root_takes_empty_remainder() {
+        let routes = vec![route("short", "/a/*"), route("long", "/a/b/*"), route("root", "/")];
+        let r = router(vec![("v1", "/x", VersionState::Published, routes)]);
+        assert_eq!(get().at(&r, "/x/a/b/c"), "v1 long \"/a/b/c\"");
+        assert_eq!(get().at(&r, "/x/a/c"), "v1 short \"/a/c\"");
+        assert_eq!(get().at(&r, "/x"), "v1 root \"\"");
+        assert_eq!(get().at(&r, "/x/"), "v1 root \"/\"");
+    }
+
+    #[test]
+    fn longest_base_path_first_falling_back_when_no_route_matches() {
+        let r = router(vec![
+            ("outer", "/shop", VersionState::Published, vec![route("o", "/*")]),
+            ("inner", "/shop/v2", VersionState::Published, vec![route("i", "/orders")]),
+        ]);
+        assert_eq!(get().at(&r, "/shop/v2/orders"), "inner i \"/orders\"");
+        assert_eq!(get().at(&r, "/shop/v2/carts"), "outer o \"/v2/carts\"");
+    }
+
+    #[test]
+    fn methods_restrict_routes_and_mismatch_lists_allowed_methods() {
+        let routes = vec![
+            with_methods(route("list", "/pets"), &["get"]),
+            with_methods(route("create", "/pets"), &["POST", "PUT"]),
+        ];
+        let r = router(vec![("v1", "/api", VersionState::Published, routes)]);
+        assert_eq!(get().at(&r, "/api/pets"), "v1 list \"/pets\"");
+        assert_eq!(get().method(Method::POST).at(&r, "/api/pets"), "v1 create \"/pets\"");
+        assert_eq!(get().method(Method::DELETE).at(&r, "/api/pets"), "405 [GET, POST, PUT]");
+        assert_eq!(get().method(Method::DELETE).at(&r, "/api/owners"), "404");
+    }
+
+    #[test]
+    fn constrained_routes_come_before_unconstrained_ones() {
+        let routes = vec![
+            route("plain", "/pets"),
+            with_host(route("wild", "/pets"), "*.Example.com"),
+            with_host(route("exact", "/pets"), "api.example.com:8443"),
+            with_header(route("beta", "/pets"), "x-channel", "beta"),
+        ];
+        let r = router(vec![("v1", "/", VersionState::Published, routes)]);
+        assert_eq!(get().host("api.example.com").at(&r, "/pets"), "v1 exact \"/pets\"");
+        assert_eq!(get().host("eu.api.example.com").at(&r, "/pets"), "v1 wild \"/pets\"");
+        assert_eq!(get().host("example.com").at(&r, "/pets"), "v1 plain \"/pets\"");
+        assert_eq!(get().header("x-channel", "beta").at(&r, "/pets"), "v1 beta \"/pets\"");
+        assert_eq!(get().header("x-channel", "stable").at(&r, "/pets"), "v1 plain \"/pets\"");
+        assert_eq!(get().at(&r, "/pets"), "v1 plain \"/pets\"");
+    }
+
+    #[test]
+    fn retired_versions_take_everything_under_their_base_and_drafts_nothing() {
+        let r = router(vec![
+            ("old", "/pets/v1", VersionState::Retired, vec![route("a", "/pets")]),
+            ("draft", "/pets/v3", VersionState::Draft, vec![route("a", "/*")]),
+            ("new", "/pets/v2", VersionState::Deprecated, vec![route("a", "/*")]),
+        ]);
+        assert_eq!(get().at(&r, "/pets/v1/anything"), "retired old");
+        assert_eq!(get().at(&r, "/pets/v3/x"), "404");
+        assert_eq!(get().at(&r, "/pets/v2/x"), "new a \"/x\"");
+    }
+
+    #[test]
+    fn live_versions_shadow_retired_ones_on_the_same_base() {
+        let r = router(vec![
+            ("old", "/pets", VersionState::Retired, vec![]),
+            ("new", "/pets", VersionState::Published, vec![route("a", "/dogs")]),
+        ]);
+        assert_eq!(get().at(&r, "/pets/dogs"), "new a \"/dogs\"");
+        assert_eq!(get().at(&r, "/pets/cats"), "retired old");
+    }
+
+    #[test]
+    fn invalid_routes_are_skipped_and_reported() {
+        let mut r: Router<&str> = Router::default();
+        let skipped = r
+            .add_version(
+                "/api",
+                VersionState::Published,
+                "v1",
+                &[
+                    route("ok", "/ok"),
+                    route("bad", "/a/{id"),
+                    route("up", "/../x"),
+                    with_methods(route("m", "/m"), &["G T"]),
+                ],
+            )
+            .unwrap();
+        let ids: Vec<_> = skipped.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["bad", "up", "m"]);
+        assert_eq!(get().at(&r, "/api/ok"), "v1 ok \"/ok\"");
+    }
+
+    #[test]
+    fn request_host_comes_from_uri_or_host_header_without_port() {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::HOST, HeaderValue::from_static("API.Example.com:8000"));
+        assert_eq!(request_host(&Uri::from_static("/x"), &headers).as_deref(), Some("api.example.com"));
+        assert_eq!(request_host(&Uri::from_static("http://h2.example/x"), &headers).as_deref(), Some("h2.example"));
+        headers.insert(http::header::HOST, HeaderValue::from_static("[::1]:8000"));
+        assert_eq!(request_host(&Uri::from_static("/x"), &headers).as_deref(), Some("[::1]"));
+        assert_eq!(request_host(&Uri::from_static("/x"), &HeaderMap::new()), None);
+    }
+}

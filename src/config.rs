@@ -1,0 +1,711 @@
+//! Typed configuration for the `turnpike` binary: built-in defaults, overridden by an optional TOML
+//! file (`--config`), overridden by `TURNPIKE_*` environment variables, all checked before anything
+//! starts listening.
+//!
+//! Loading is a pure function of the file text and an [`Env`] snapshot, so tests never touch the
+//! process environment. Every option is listed once in `env::OPTIONS` and documented in
+//! `docs/configuration.md`; a test keeps the two in step.
+
+mod env;
+mod values;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use env::Env;
+pub use values::{DatabaseUrl, ServerKey};
+
+/// Environment variable that names the configuration file (read by the CLI, see `cli.rs`).
+pub const CONFIG_FILE_ENV: &str = "TURNPIKE_CONFIG";
+
+/// File name of the embedded SQLite database inside `data_dir`.
+const SQLITE_FILE: &str = "turnpike.db";
+/// File name of the generated server secret inside `data_dir`.
+const SECRET_FILE: &str = "secret.key";
+/// Shortest server secret accepted: keyed hashes are HMAC-SHA256, whose key should be at least as
+/// long as its output.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The whole configuration, one struct per concern.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory for state kept on local disk: the embedded SQLite database, the generated server
+    /// secret and the gateway's last-known-good snapshot.
+    #[serde(deserialize_with = "values::de_non_empty_path")]
+    pub data_dir: PathBuf,
+    pub database: DatabaseConfig,
+    pub gateway: GatewayConfig,
+    pub admin: AdminConfig,
+    pub portal: PortalConfig,
+    pub secret: SecretConfig,
+    pub log: LogConfig,
+}
+
+/// The control-plane database (admin API, portal, migrations). The gateway never opens it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite:…`, `postgres://…` or `postgresql://…`. `None` means the SQLite file
+    /// `<data_dir>/turnpike.db`; use [`Config::database_url`] to get the resolved URL.
+    pub url: Option<DatabaseUrl>,
+    /// Upper bound of the connection pool.
+    #[serde(deserialize_with = "values::de_at_least_one")]
+    pub max_connections: u32,
+}
+
+/// The data plane: the proxy listener and its separate status listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where API consumers' requests are accepted and proxied.
+    #[serde(deserialize_with = "values::de_socket_addr")]
+    pub listen: SocketAddr,
+    /// Liveness, readiness, applied config version and metrics; kept off the proxy port so
+    /// consumers can never reach it.
+    #[serde(deserialize_with = "values::de_socket_addr")]
+    pub status_listen: SocketAddr,
+}
+
+/// The admin API and admin console.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(deserialize_with = "values::de_socket_addr")]
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes (OpenAPI documents are the big ones).
+    #[serde(deserialize_with = "values::de_at_least_one")]
+    pub max_body_bytes: usize,
+}
+
+/// The developer portal.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PortalConfig {
+    #[serde(deserialize_with = "values::de_socket_addr")]
+    pub listen: SocketAddr,
+}
+
+/// Where the server secret comes from. It keys the hashes of API keys and admin tokens, so every
+/// node of a cluster needs the same one. Set at most one of the two fields; with neither,
+/// `<data_dir>/secret.key` is used. See [`Config::secret_source`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretConfig {
+    /// The secret itself (hex or base64, at least 32 bytes once decoded).
+    pub key: Option<ServerKey>,
+    /// A file holding the secret in the same encoding.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Logging to stderr (stdout is kept for command output such as `config export`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: a level (`info`) or directives (`info,turnpike_gateway=debug`).
+    #[serde(deserialize_with = "values::de_log_filter")]
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./turnpike-data"),
+            database: DatabaseConfig::default(),
+            gateway: GatewayConfig::default(),
+            admin: AdminConfig::default(),
+            portal: PortalConfig::default(),
+            secret: SecretConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: None, max_connections: 10 }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self { listen: localhost(8000), status_listen: localhost(8002) }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: localhost(8001), max_body_bytes: 10 * 1024 * 1024 }
+    }
+}
+
+impl Default for PortalConfig {
+    fn default() -> Self {
+        Self { listen: localhost(8003) }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".to_owned(), format: LogFormat::Text }
+    }
+}
+
+fn localhost(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// A process plane, used to check only the listeners that will actually be bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    Gateway,
+    Admin,
+    Portal,
+}
+
+/// Where the server secret is to be read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource<'a> {
+    /// Given inline (`secret.key`).
+    Inline(&'a ServerKey),
+    /// A file to read (and, for the default path, to create on first start).
+    File {
+        path: PathBuf,
+        /// True when no option was set and this is the `data_dir` default.
+        is_default: bool,
+    },
+}
+
+impl Config {
+    /// Builds the configuration from the defaults, the TOML `file` (if any) and `env`, in that
+    /// order of precedence. Nothing but `file` is read.
+    pub fn load(file: Option<&Path>, env: &Env) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::ReadFile { path: path.to_owned(), source })?;
+                Self::from_toml(path, &text)?
+            }
+            None => Self::default(),
+        };
+        env::apply(&mut config, env)?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document; `path` is only used in error messages.
+    fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Self = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|err| {
+            let option = err.path().to_string();
+            let err = err.into_inner();
+            ConfigError::File {
+                path: path.to_owned(),
+                line: err.span().map(|span| line_of(text, span.start)),
+                // The path is "." when the error is not inside any key (a syntax error).
+                option: (option != ".").then_some(option),
+                // Syntax errors span lines; keep the message on one.
+                message: err.message().trim_end().replace('\n', "; "),
+            }
+        })?;
+        if config.secret.key.is_some() && config.secret.key_file.is_some() {
+            return Err(ConfigError::SecretConflict { origin: path.display().to_string() });
+        }
+        Ok(config)
+    }
+
+    /// The database URL to connect to, resolving the embedded default
+    /// `sqlite://<data_dir>/turnpike.db?mode=rwc` (`mode=rwc` creates the file if missing).
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.as_str().to_owned(),
+            None => sqlite_url(&self.data_dir.join(SQLITE_FILE)),
+        }
+    }
+
+    /// Where to read the server secret from, resolving the `data_dir` default.
+    pub fn secret_source(&self) -> SecretSource<'_> {
+        match (&self.secret.key, &self.secret.key_file) {
+            (Some(key), _) => SecretSource::Inline(key),
+            (None, Some(path)) => SecretSource::File { path: path.clone(), is_default: false },
+            (None, None) => SecretSource::File { path: self.data_dir.join(SECRET_FILE), is_default: true },
+        }
+    }
+
+    /// The addresses the given planes bind, each named by its option.
+    pub fn listeners(&self, planes: &[Plane]) -> Vec<(&'static str, SocketAddr)> {
+        let mut listeners = Vec::new();
+        for plane in planes {
+            match plane {
+                Plane::Gateway => {
+                    listeners.push(("gateway.listen", self.gateway.listen));
+                    listeners.push(("gateway.status_listen", self.gateway.status_listen));
+                }
+                Plane::Admin => listeners.push(("admin.listen", self.admin.listen)),
+                Plane::Portal => listeners.push(("portal.listen", self.portal.listen)),
+            }
+        }
+        listeners
+    }
+
+    /// Rejects two listeners of the given planes on the same address. Only the planes that will
+    /// run are checked, so a gateway-only node may reuse the admin port, for example.
+    pub fn check_listeners(&self, planes: &[Plane]) -> Result<(), ConfigError> {
+        let listeners = self.listeners(planes);
+        for (i, &(first, a)) in listeners.iter().enumerate() {
+            for &(second, b) in &listeners[i + 1..] {
+                if addresses_collide(a, b) {
+                    return Err(ConfigError::AddressConflict { first, second, port: a.port() });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether binding both addresses would fail. Port 0 asks the OS for a free port, so it never
+/// collides; an unspecified IP (`0.0.0.0`, `[::]`) takes the port on every interface.
+fn addresses_collide(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Builds a sqlx SQLite URL for a file path. sqlx percent-decodes the path, and `?` / `#` would
+/// otherwise start the query or fragment, so those three characters are escaped.
+fn sqlite_url(path: &Path) -> String {
+    let mut url = String::from("sqlite://");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => url.push_str("%25"),
+            '?' => url.push_str("%3F"),
+            '#' => url.push_str("%23"),
+            c => url.push(c),
+        }
+    }
+    url.push_str("?mode=rwc");
+    url
+}
+
+/// 1-based line number of a byte offset, for error messages.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+impl LogConfig {
+    /// Installs the global `tracing` subscriber, writing to stderr.
+    pub fn install(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let filter = tracing_subscriber::EnvFilter::try_new(&self.level)?;
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        match self.format {
+            LogFormat::Text => builder.try_init(),
+            LogFormat::Json => builder.json().try_init(),
+        }
+    }
+}
+
+/// Why the configuration was rejected. Every message names the option and where its value came
+/// from, so the operator knows what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Syntax errors, unknown keys and invalid values in the TOML file.
+    #[error("{}", file_error(path, *line, option.as_deref(), message))]
+    File {
+        path: PathBuf,
+        line: Option<usize>,
+        /// Dotted key, when the error is about one.
+        option: Option<String>,
+        message: String,
+    },
+    #[error("{option} ({var}): {message}")]
+    Env { option: &'static str, var: &'static str, message: String },
+    #[error(
+        "unknown environment variable {var}{}",
+        suggestion.map(|s| format!(" (did you mean {s}?)")).unwrap_or_default()
+    )]
+    UnknownEnv { var: String, suggestion: Option<&'static str> },
+    #[error("environment variable {var} is not valid UTF-8")]
+    EnvNotUnicode { var: String },
+    #[error("secret.key and secret.key_file are both set in {origin}; set only one")]
+    SecretConflict { origin: String },
+    #[error("{first} and {second} both use port {port}; each listener needs its own address")]
+    AddressConflict { first: &'static str, second: &'static str, port: u16 },
+}
+
+fn file_error(path: &Path, line: Option<usize>, option: Option<&str>, message: &str) -> String {
+    let place = match line {
+        Some(line) => format!("{}, line {line}", path.display()),
+        None => path.display().to_string(),
+    };
+    match option {
+        Some(option) => format!("{option} ({place}): {message}"),
+        None => format!("{place}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs.iter().copied().collect()
+    }
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(Path::new("turnpike.toml"), text)
+    }
+
+    /// Loads `toml` then applies `pairs`, as `Config::load` does after reading the file.
+    fn load(toml: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut config = from_toml(toml)?;
+        env::apply(&mut config, &env(pairs))?;
+        Ok(config)
+    }
+
+    fn load_err(toml: &str, pairs: &[(&str, &str)]) -> String {
+        load(toml, pairs).expect_err("configuration should be rejected").to_string()
+    }
+
+    const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    #[test]
+    fn defaults_apply_without_file_or_environment() {
+        let config = Config::load(None, &Env::default()).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.data_dir, Path::new("./turnpike-data"));
+        assert_eq!(config.gateway.listen, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(config.admin.listen, "127.0.0.1:8001".parse().unwrap());
+        assert_eq!(config.gateway.status_listen, "127.0.0.1:8002".parse().unwrap());
+        assert_eq!(config.portal.listen, "127.0.0.1:8003".parse().unwrap());
+        assert_eq!(config.database.max_connections, 10);
+        assert_eq!(config.admin.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(config.log.level, "info");
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert_eq!(config.database_url(), "sqlite://./turnpike-data/turnpike.db?mode=rwc");
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_keeps_the_rest() {
+        let config = from_toml(
+            r#"
+            data_dir = "/var/lib/turnpike"
+            [gateway]
+            listen = "0.0.0.0:9000"
+            [log]
+            format = "json"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.data_dir, Path::new("/var/lib/turnpike"));
+        assert_eq!(config.gateway.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.gateway.status_listen, localhost(8002));
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.log.level, "info");
+        assert_eq!(config.database_url(), "sqlite:///var/lib/turnpike/turnpike.db?mode=rwc");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let config = load(
+            "[gateway]\nlisten = \"0.0.0.0:9000\"\n[admin]\nmax_body_bytes = 5\n",
+            &[
+                ("TURNPIKE_GATEWAY_LISTEN", "127.0.0.1:7000"),
+                ("TURNPIKE_DATA_DIR", "/srv/tp"),
+                ("TURNPIKE_LOG_LEVEL", "warn,turnpike_gateway=debug"),
+                ("TURNPIKE_DATABASE_MAX_CONNECTIONS", "3"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.gateway.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(config.admin.max_body_bytes, 5, "file value kept");
+        assert_eq!(config.data_dir, Path::new("/srv/tp"));
+        assert_eq!(config.log.level, "warn,turnpike_gateway=debug");
+        assert_eq!(config.database.max_connections, 3);
+    }
+
+    #[test]
+    fn every_environment_variable_sets_its_option() {
+        let config = load(
+            "",
+            &[
+                ("TURNPIKE_DATA_DIR", "/d"),
+                ("TURNPIKE_DATABASE_URL", "postgres://db/tp"),
+                ("TURNPIKE_DATABASE_MAX_CONNECTIONS", "4"),
+                ("TURNPIKE_GATEWAY_LISTEN", "127.0.0.1:1"),
+                ("TURNPIKE_GATEWAY_STATUS_LISTEN", "127.0.0.1:2"),
+                ("TURNPIKE_ADMIN_LISTEN", "127.0.0.1:3"),
+                ("TURNPIKE_ADMIN_MAX_BODY_BYTES", "1024"),
+                ("TURNPIKE_PORTAL_LISTEN", "127.0.0.1:4"),
+                ("TURNPIKE_SECRET_KEY_FILE", "/run/secrets/tp"),
+                ("TURNPIKE_LOG_LEVEL", "debug"),
+                ("TURNPIKE_LOG_FORMAT", "json"),
+            ],
+        )
+        .unwrap();
+        let expected = Config {
+            data_dir: "/d".into(),
+            database: DatabaseConfig { url: Some("postgres://db/tp".parse().unwrap()), max_connections: 4 },
+            gateway: GatewayConfig { listen: localhost(1), status_listen: localhost(2) },
+            admin: AdminConfig { listen: localhost(3), max_body_bytes: 1024 },
+            portal: PortalConfig { listen: localhost(4) },
+            secret: SecretConfig { key: None, key_file: Some("/run/secrets/tp".into()) },
+            log: LogConfig { level: "debug".into(), format: LogFormat::Json },
+        };
+        assert_eq!(config, expected);
+        let config = load("", &[("TURNPIKE_SECRET_KEY", KEY_HEX)]).unwrap();
+        assert_eq!(config.secret.key.unwrap().as_bytes()[31], 0x1f);
+    }
+
+    #[test]
+    fn turnpike_database_url_beats_database_url_which_beats_the_file() {
+        let file = "[database]\nurl = \"sqlite://file.db\"\n";
+        let config = load(file, &[("DATABASE_URL", "postgres://generic/db")]).unwrap();
+        assert_eq!(config.database_url(), "postgres://generic/db");
+        let config = load(
+            file,
+            &[("DATABASE_URL", "postgres://generic/db"), ("TURNPIKE_DATABASE_URL", "postgresql://specific/db")],
+        )
+        .unwrap();
+        assert_eq!(config.database_url(), "postgresql://specific/db");
+        assert_eq!(load(file, &[]).unwrap().database_url(), "sqlite://file.db");
+    }
+
+    #[test]
+    fn empty_environment_values_count_as_unset() {
+        let config =
+            load("[gateway]\nlisten = \"0.0.0.0:9000\"\n", &[("TURNPIKE_GATEWAY_LISTEN", ""), ("DATABASE_URL", "")])
+                .unwrap();
+        assert_eq!(config.gateway.listen, "0.0.0.0:9000".parse().unwrap());
+        assert!(config.database.url.is_none());
+    }
+
+    #[test]
+    fn load_reads_the_file_then_applies_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("turnpike.toml");
+        std::fs::write(&path, "[portal]\nlisten = \"127.0.0.1:9003\"\n[admin]\nlisten = \"127.0.0.1:9001\"\n").unwrap();
+        let config = Config::load(Some(&path), &env(&[("TURNPIKE_ADMIN_LISTEN", "127.0.0.1:7001")])).unwrap();
+        assert_eq!(config.portal.listen, localhost(9003));
+        assert_eq!(config.admin.listen, localhost(7001));
+    }
+
+    #[test]
+    fn missing_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.toml");
+        let err = Config::load(Some(&path), &Env::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::ReadFile { .. }), "{err:?}");
+        assert!(err.to_string().contains("absent.toml"), "{err}");
+    }
+
+    #[test]
+    fn invalid_environment_value_names_option_and_variable() {
+        let err = load_err("", &[("TURNPIKE_GATEWAY_LISTEN", "abc")]);
+        assert!(err.starts_with(r#"gateway.listen (TURNPIKE_GATEWAY_LISTEN): invalid socket address "abc""#), "{err}");
+        let err = load_err("", &[("TURNPIKE_ADMIN_MAX_BODY_BYTES", "0")]);
+        assert!(err.starts_with("admin.max_body_bytes (TURNPIKE_ADMIN_MAX_BODY_BYTES): "), "{err}");
+        let err = load_err("", &[("TURNPIKE_DATABASE_MAX_CONNECTIONS", "ten")]);
+        assert!(err.starts_with("database.max_connections (TURNPIKE_DATABASE_MAX_CONNECTIONS): "), "{err}");
+        let err = load_err("", &[("TURNPIKE_LOG_FORMAT", "xml")]);
+        assert!(err.starts_with("log.format (TURNPIKE_LOG_FORMAT): "), "{err}");
+        let err = load_err("", &[("TURNPIKE_LOG_LEVEL", "info,[")]);
+        assert!(err.starts_with("log.level (TURNPIKE_LOG_LEVEL): "), "{err}");
+    }
+
+    #[test]
+    fn invalid_file_value_names_option_file_and_line() {
+        let err = load_err("\n[gateway]\nlisten = \"abc\"\n", &[]);
+        assert!(err.starts_with(r#"gateway.listen (turnpike.toml, line 3): invalid socket address "abc""#), "{err}");
+        let err = load_err("[database]\nmax_connections = 0\n", &[]);
+        assert!(err.starts_with("database.max_connections (turnpike.toml, line 2): "), "{err}");
+        let err = load_err("[admin]\nmax_body_bytes = \"big\"\n", &[]);
+        assert!(err.starts_with("admin.max_body_bytes (turnpike.toml"), "{err}");
+        let err = load_err("data_dir = \"\"\n", &[]);
+        assert!(err.starts_with("data_dir (turnpike.toml"), "{err}");
+        let err = load_err("[log]\nformat = \"xml\"\n", &[]);
+        assert!(err.starts_with("log.format (turnpike.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_named() {
+        let err = load_err("[gateway]\nlisen = \"127.0.0.1:1\"\n", &[]);
+        assert!(err.starts_with("gateway.lisen (turnpike.toml, line 2): unknown field `lisen`"), "{err}");
+        let err = load_err("[gatway]\n", &[]);
+        assert!(err.starts_with("gatway (turnpike.toml, line 1): unknown field `gatway`"), "{err}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_name_the_file_and_line() {
+        let err = load_err("[gateway]\nlisten = \n", &[]);
+        assert!(err.starts_with("turnpike.toml, line 2: "), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn unknown_turnpike_variables_are_rejected_with_a_hint() {
+        let err = load("", &[("TURNPIKE_GATWAY_LISTEN", "127.0.0.1:1"), ("TURNPIKE_CONFIG", "x")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown environment variable TURNPIKE_GATWAY_LISTEN \
+             (did you mean TURNPIKE_GATEWAY_LISTEN?)"
+        );
+        let err = load_err("", &[("TURNPIKE_WHATEVER", "")]);
+        assert_eq!(err, "unknown environment variable TURNPIKE_WHATEVER");
+    }
+
+    #[test]
+    fn unrelated_variables_are_ignored() {
+        let config = load("", &[("PATH", "/bin"), ("TURNPIKEX", "1")]).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn database_urls_with_other_schemes_are_rejected_without_echoing_them() {
+        let err = load_err("", &[("DATABASE_URL", "mysql://root:hunter2@db/tp")]);
+        assert!(err.starts_with(r#"database.url (DATABASE_URL): unsupported database scheme "mysql""#), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = load_err("[database]\nurl = \"/tmp/tp.db\"\n", &[]);
+        assert!(err.starts_with("database.url (turnpike.toml, line 2): "), "{err}");
+        for ok in ["sqlite::memory:", "sqlite://tp.db", "postgres://h/db", "postgresql://h/db"] {
+            assert!(ok.parse::<DatabaseUrl>().is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let config = load(
+            "",
+            &[("TURNPIKE_DATABASE_URL", "postgres://tp:hunter2@db:5432/tp"), ("TURNPIKE_SECRET_KEY", KEY_HEX)],
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(debug.contains("postgres://tp:***@db:5432/tp"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains(KEY_HEX), "{debug}");
+        let env = env(&[("TURNPIKE_SECRET_KEY", KEY_HEX)]);
+        assert!(!format!("{env:?}").contains(KEY_HEX));
+    }
+
+    #[test]
+    fn short_secret_is_rejected_naming_the_option_without_echoing_it() {
+        let err = load_err("", &[("TURNPIKE_SECRET_KEY", "deadbeef")]);
+        assert!(err.starts_with("secret.key (TURNPIKE_SECRET_KEY): "), "{err}");
+        assert!(!err.contains("deadbeef"), "{err}");
+        let err = load_err("[secret]\nkey = \"deadbeef\"\n", &[]);
+        assert!(err.starts_with("secret.key (turnpike.toml, line 2): "), "{err}");
+        assert!(!err.contains("deadbeef"), "{err}");
+    }
+
+    #[test]
+    fn secret_source_resolves_inline_file_and_default() {
+        let config = Config::default();
+        assert_eq!(
+            config.secret_source(),
+            SecretSource::File { path: PathBuf::from("./turnpike-data/secret.key"), is_default: true }
+        );
+        let file = "[secret]\nkey_file = \"/etc/tp.key\"\n";
+        let config = load(file, &[]).unwrap();
+        assert_eq!(
+            config.secret_source(),
+            SecretSource::File { path: PathBuf::from("/etc/tp.key"), is_default: false }
+        );
+        // A key in the environment replaces the file's key_file instead of conflicting with it.
+        let config = load(file, &[("TURNPIKE_SECRET_KEY", KEY_HEX)]).unwrap();
+        assert!(matches!(config.secret_source(), SecretSource::Inline(_)));
+        assert_eq!(config.secret.key_file, None);
+        let file = format!("[secret]\nkey = \"{KEY_HEX}\"\n");
+        let config = load(&file, &[("TURNPIKE_SECRET_KEY_FILE", "/k")]).unwrap();
+        assert_eq!(config.secret.key, None);
+        assert_eq!(config.secret.key_file, Some(PathBuf::from("/k")));
+    }
+
+    #[test]
+    fn both_secret_options_in_one_source_are_rejected() {
+        let err = load_err(&format!("[secret]\nkey = \"{KEY_HEX}\"\nkey_file = \"/k\"\n"), &[]);
+        assert!(err.starts_with("secret.key and secret.key_file are both set in turnpike.toml"), "{err}");
+        let err = load_err("", &[("TURNPIKE_SECRET_KEY", KEY_HEX), ("TURNPIKE_SECRET_KEY_FILE", "/k")]);
+        assert!(err.contains("both set in the environment"), "{err}");
+    }
+
+    #[test]
+    fn planes_on_the_same_address_are_rejected() {
+        let all = [Plane::Gateway, Plane::Admin, Plane::Portal];
+        Config::default().check_listeners(&all).unwrap();
+
+        let config = load("", &[("TURNPIKE_PORTAL_LISTEN", "127.0.0.1:8001")]).unwrap();
+        let err = config.check_listeners(&all).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "admin.listen and portal.listen both use port 8001; \
+             each listener needs its own address"
+        );
+        // A node running only the gateway does not bind the others.
+        config.check_listeners(&[Plane::Gateway]).unwrap();
+
+        let config = load("", &[("TURNPIKE_GATEWAY_STATUS_LISTEN", "0.0.0.0:8000")]).unwrap();
+        let err = config.check_listeners(&[Plane::Gateway]).unwrap_err();
+        assert!(err.to_string().starts_with("gateway.listen and gateway.status_listen"), "{err}");
+    }
+
+    #[test]
+    fn log_install_rejects_an_invalid_filter_set_after_loading() {
+        let log = LogConfig { level: "info,[".to_owned(), format: LogFormat::Json };
+        assert!(log.install().is_err());
+    }
+
+    #[test]
+    fn address_collisions_follow_socket_rules() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(addresses_collide(a("127.0.0.1:80"), a("127.0.0.1:80")));
+        assert!(addresses_collide(a("0.0.0.0:80"), a("127.0.0.1:80")));
+        assert!(addresses_collide(a("127.0.0.1:80"), a("[::]:80")));
+        assert!(!addresses_collide(a("127.0.0.1:80"), a("127.0.0.2:80")));
+        assert!(!addresses_collide(a("127.0.0.1:80"), a("127.0.0.1:81")));
+        // Tests bind every plane to port 0.
+        assert!(!addresses_collide(a("127.0.0.1:0"), a("127.0.0.1:0")));
+    }
+
+    #[test]
+    fn sqlite_url_escapes_characters_sqlx_would_misread() {
+        let config = load("", &[("TURNPIKE_DATA_DIR", "/data/50%?#x")]).unwrap();
+        assert_eq!(config.database_url(), "sqlite:///data/50%25%3F%23x/turnpike.db?mode=rwc");
+    }
+
+    /// The documentation is the operator's reference: each option and variable must appear in it,
+    /// and its example file must load.
+    #[test]
+    fn documentation_covers_every_option_and_its_example_loads() {
+        let doc = include_str!("../docs/configuration.md");
+        for option in env::OPTIONS {
+            assert!(doc.contains(&format!("`{}`", option.key)), "{} undocumented", option.key);
+            for var in option.vars {
+                assert!(doc.contains(&format!("`{var}`")), "{var} undocumented");
+            }
+        }
+        assert!(doc.contains(&format!("`{CONFIG_FILE_ENV}`")));
+
+        let example = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("docs/configuration.md has a ```toml example");
+        let config = from_toml(example).unwrap();
+        config.check_listeners(&[Plane::Gateway, Plane::Admin, Plane::Portal]).unwrap();
+    }
+}

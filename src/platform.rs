@@ -1,0 +1,223 @@
+//! Start-up and shutdown of the planes: opens the store, loads the server secret,
+//! creates the bootstrap admin token, binds every listener before serving anything,
+//! and wires the configuration bus between the admin API and the gateway.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use turnpike_bus::{ConfigBus, InProcessBus};
+use turnpike_domain::secrets::{KeyHasher, generate_secret};
+use turnpike_store::{Actor, Store, snapshots, tokens};
+
+use crate::config::{Config, Plane, SecretSource, ServerKey};
+
+/// File in the data directory holding the bootstrap admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// How often a gateway running without an admin plane in its process looks for a
+/// newer snapshot in the store.
+const SNAPSHOT_POLL: Duration = Duration::from_secs(1);
+
+/// Connects to the configured database and applies pending migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let url = config.database_url();
+    if !config.database.url.as_ref().is_some_and(|u| u.is_postgres()) {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    }
+    let store = Store::connect(&url, config.database.max_connections).await.context("connecting to the database")?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
+}
+
+/// Writes `contents` to a new file readable only by its owner.
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// The keyed hasher for API keys and admin tokens, from the configured secret; the
+/// default secret file is created with a random secret on first start.
+pub fn load_secret(config: &Config) -> anyhow::Result<KeyHasher> {
+    let key: ServerKey = match config.secret_source() {
+        SecretSource::Inline(key) => key.clone(),
+        SecretSource::File { path, is_default } => match std::fs::read_to_string(&path) {
+            Ok(text) => text.parse().map_err(|e| anyhow::anyhow!("secret.key_file ({}): {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && is_default => {
+                std::fs::create_dir_all(&config.data_dir)?;
+                let hex = hex_encode(&generate_secret());
+                write_private(&path, &format!("{hex}\n"))?;
+                hex.parse().map_err(|e: String| anyhow::anyhow!(e))?
+            }
+            Err(e) => bail!("secret.key_file ({}): {e}", path.display()),
+        },
+    };
+    KeyHasher::new(key.as_bytes()).map_err(|e| anyhow::anyhow!("secret: {e}"))
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates the first admin token when none exists, prints it once and saves it
+/// (mode 0600) in the data directory for scripts such as the quickstart.
+async fn bootstrap_admin(config: &Config, store: &Store, hasher: &KeyHasher) -> anyhow::Result<()> {
+    let change = store.change(&Actor("bootstrap".into())).await?;
+    let created = tokens::bootstrap(&change, hasher).await?;
+    change.commit().await?;
+    if let Some(created) = created {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+        write_private(&path, &format!("{}\n", created.token))?;
+        println!("Bootstrap admin token (shown once; also saved to {}):\n  {}", path.display(), created.token);
+    }
+    Ok(())
+}
+
+/// Publishes the newest stored snapshot if it is newer than what the bus holds.
+async fn publish_latest(store: &Store, bus: &InProcessBus) -> anyhow::Result<()> {
+    if let Some(snapshot) = snapshots::latest(store.db()).await? {
+        if bus.latest().is_none_or(|current| snapshot.version > current.version) {
+            bus.publish(Arc::new(snapshot)).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn bind(name: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("{name}: cannot listen on {addr}"))
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn termination() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn on_shutdown(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Runs `planes` until SIGINT/SIGTERM, then shuts them down gracefully.
+pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
+    let runs = |p: Plane| planes.contains(&p);
+    // Bind everything first: a taken port stops start-up before anything serves.
+    let mut listeners = Vec::new();
+    for (name, addr) in config.listeners(planes) {
+        listeners.push((name, bind(name, addr).await?));
+    }
+    let mut take = |wanted: &str| {
+        let i = listeners.iter().position(|(n, _)| *n == wanted).expect("every plane's listener is bound above");
+        listeners.remove(i).1
+    };
+
+    let store = Arc::new(open_store(config).await?);
+    let hasher = load_secret(config)?;
+    let bus = Arc::new(InProcessBus::new());
+    if runs(Plane::Admin) {
+        bootstrap_admin(config, &store, &hasher).await?;
+    }
+    // Compile the first snapshot of a fresh store so gateways can become ready.
+    if let Some(s) = store.change(&Actor("system".into())).await?.commit().await? {
+        tracing::info!(version = s.version, "compiled initial configuration snapshot");
+    }
+    publish_latest(&store, &bus).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let mut urls = Vec::new();
+
+    if runs(Plane::Gateway) {
+        let gateway = turnpike_gateway::ConfigStore::new();
+        // The follower ends when the bus is dropped, at shutdown.
+        tokio::spawn(gateway.clone().follow(bus.subscribe()));
+        if !runs(Plane::Admin) {
+            // No admin plane in this process: changes arrive through the shared store.
+            let (store, bus, mut stop) = (store.clone(), bus.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SNAPSHOT_POLL);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                    if let Err(e) = publish_latest(&store, &bus).await {
+                        tracing::warn!(error = %e, "could not read the newest snapshot; keeping the current one");
+                    }
+                }
+            });
+        }
+        let proxy = take("gateway.listen");
+        let status = take("gateway.status_listen");
+        urls.push(format!("gateway       http://{}", proxy.local_addr()?));
+        urls.push(format!("status        http://{}/status", status.local_addr()?));
+        let shutdown = on_shutdown(&stop_rx);
+        let gw = gateway.clone();
+        tasks.spawn(async move { Ok(turnpike_gateway::serve_proxy(proxy, gw, shutdown).await?) });
+        let shutdown = on_shutdown(&stop_rx);
+        tasks.spawn(async move { Ok(turnpike_gateway::serve_status(status, gateway, shutdown).await?) });
+    }
+    if runs(Plane::Admin) {
+        let listener = take("admin.listen");
+        let addr = listener.local_addr()?;
+        urls.push(format!("admin API     http://{addr}/admin/v1   (docs: http://{addr}/admin/docs)"));
+        let state = turnpike_admin_api::AdminState::new(store.clone(), bus.clone(), hasher.clone());
+        let app = turnpike_admin_api::router(state, config.admin.max_body_bytes);
+        let shutdown = on_shutdown(&stop_rx);
+        tasks.spawn(async move { Ok(axum::serve(listener, app).with_graceful_shutdown(shutdown).await?) });
+    }
+    if runs(Plane::Portal) {
+        let listener = take("portal.listen");
+        urls.push(format!("portal        http://{}", listener.local_addr()?));
+        let shutdown = on_shutdown(&stop_rx);
+        tasks.spawn(async move {
+            Ok(axum::serve(listener, turnpike_portal::router()).with_graceful_shutdown(shutdown).await?)
+        });
+    }
+    println!("Turnpike is running:");
+    for url in &urls {
+        println!("  {url}");
+    }
+
+    // Run until a signal, or until a plane fails.
+    let failure = tokio::select! {
+        () = termination() => None,
+        Some(res) = tasks.join_next() => Some(res),
+    };
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let mut result = match failure {
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(e.into()),
+        _ => Ok(()),
+    };
+    while let Some(res) = tasks.join_next().await {
+        if let (Ok(()), Ok(Err(e))) = (&result, res) {
+            result = Err(e);
+        }
+    }
+    result
+}

@@ -1,0 +1,556 @@
+//! Declarative configuration: the managed state (upstreams, plans, APIs with their
+//! versions and routes) as one document. Export writes it; import makes the store
+//! match it. Import plans every change and checks every reference before writing
+//! anything, then applies the plan in one transaction, so a bad file changes nothing
+//! and importing the same file twice changes nothing the second time. Import never
+//! deletes what the file does not mention.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use serde::{Deserialize, Serialize};
+use turnpike_domain::lifecycle;
+use turnpike_domain::model::{RouteSpec, UpstreamSpec, VersionState};
+use turnpike_domain::openapi;
+use turnpike_domain::validate::{self, ValidationError, Validator};
+
+use crate::apis::ApiInput;
+use crate::entities::{api_versions, apis as api_rows, plans as plan_rows, routes as route_rows, upstreams as up_rows};
+use crate::json::from_text;
+use crate::plans::PlanInput;
+use crate::versions::{VersionInput, state_of};
+use crate::{Change, StoreError, apis, new_id, plans, upstreams, versions};
+
+/// The whole managed configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamSpec>,
+    #[serde(default)]
+    pub plans: Vec<PlanInput>,
+    #[serde(default)]
+    pub apis: Vec<ApiDocument>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiDocument {
+    pub slug: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub versions: Vec<VersionDocument>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionDocument {
+    pub label: String,
+    pub state: VersionState,
+    pub base_path: String,
+    /// Upstream name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sunset_at: Option<DateTime<Utc>>,
+    /// Label of the version that replaces this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<String>,
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    /// The stored OpenAPI document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openapi: Option<serde_json::Value>,
+}
+
+impl ApiDocument {
+    fn input(&self) -> ApiInput {
+        ApiInput {
+            name: self.name.clone(),
+            slug: self.slug.clone(),
+            description: self.description.clone(),
+            tags: self.tags.clone(),
+            owner: self.owner.clone(),
+        }
+    }
+}
+
+fn canonical_routes(mut routes: Vec<RouteSpec>) -> Vec<RouteSpec> {
+    routes.sort_by(|a, b| (&a.path, &a.methods, &a.host, &a.name).cmp(&(&b.path, &b.methods, &b.host, &b.name)));
+    routes
+}
+
+/// Reads the whole managed configuration, in a stable order.
+pub async fn export(db: &impl ConnectionTrait) -> Result<Document, StoreError> {
+    let upstream_rows = up_rows::Entity::find().order_by_asc(up_rows::Column::Name).all(db).await?;
+    let upstream_names: HashMap<String, String> =
+        upstream_rows.iter().map(|u| (u.id.clone(), u.name.clone())).collect();
+    let upstreams = upstream_rows
+        .into_iter()
+        .map(|u| from_text::<UpstreamSpec>("upstreams.spec", &u.spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    let plans = plan_rows::Entity::find()
+        .order_by_asc(plan_rows::Column::Slug)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|p| plans::record(p).map(|r| r.input))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut apis = Vec::new();
+    for row in api_rows::Entity::find().order_by_asc(api_rows::Column::Slug).all(db).await? {
+        let version_rows = api_versions::Entity::find()
+            .filter(api_versions::Column::ApiId.eq(row.id.clone()))
+            .order_by_asc(api_versions::Column::Label)
+            .all(db)
+            .await?;
+        let labels: HashMap<String, String> = version_rows.iter().map(|v| (v.id.clone(), v.label.clone())).collect();
+        let mut versions = Vec::new();
+        for v in version_rows {
+            let routes = route_rows::Entity::find()
+                .filter(route_rows::Column::VersionId.eq(v.id.clone()))
+                .all(db)
+                .await?
+                .into_iter()
+                .map(|r| from_text::<RouteSpec>("routes.spec", &r.spec))
+                .collect::<Result<Vec<_>, _>>()?;
+            versions.push(VersionDocument {
+                state: state_of(&v),
+                upstream: v.upstream_id.as_ref().and_then(|id| upstream_names.get(id).cloned()),
+                successor: v.successor_id.as_ref().and_then(|id| labels.get(id).cloned()),
+                openapi: v
+                    .openapi_document
+                    .as_deref()
+                    .map(|t| from_text("api_versions.openapi_document", t))
+                    .transpose()?,
+                routes: canonical_routes(routes),
+                label: v.label,
+                base_path: v.base_path,
+                sunset_at: v.sunset_at,
+            });
+        }
+        let api = apis::record(row)?.input;
+        apis.push(ApiDocument {
+            slug: api.slug,
+            name: api.name,
+            description: api.description,
+            tags: api.tags,
+            owner: api.owner,
+            versions,
+        });
+    }
+    Ok(Document { upstreams, plans, apis })
+}
+
+/// One planned change, in the order it will be applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    CreateUpstream(UpstreamSpec),
+    UpdateUpstream(UpstreamSpec),
+    CreatePlan(PlanInput),
+    UpdatePlan(PlanInput),
+    CreateApi(ApiInput),
+    UpdateApi(ApiInput),
+    /// Create or update a version of the API `api_slug`; `changes` says what differs.
+    PutVersion {
+        api_slug: String,
+        version: VersionDocument,
+        exists: bool,
+        changes: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::CreateUpstream(u) => write!(f, "+ upstream {}", u.name),
+            Step::UpdateUpstream(u) => write!(f, "~ upstream {}", u.name),
+            Step::CreatePlan(p) => write!(f, "+ plan {}", p.slug),
+            Step::UpdatePlan(p) => write!(f, "~ plan {}", p.slug),
+            Step::CreateApi(a) => write!(f, "+ api {}", a.slug),
+            Step::UpdateApi(a) => write!(f, "~ api {}", a.slug),
+            Step::PutVersion { api_slug, version, exists: false, .. } => {
+                write!(
+                    f,
+                    "+ version {api_slug}/{} ({}, {} routes)",
+                    version.label,
+                    version.state.as_str(),
+                    version.routes.len()
+                )
+            }
+            Step::PutVersion { api_slug, version, exists: true, changes } => {
+                write!(f, "~ version {api_slug}/{}: {}", version.label, changes.join(", "))
+            }
+        }
+    }
+}
+
+/// What an import would do.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// Items of the file that already match the store.
+    pub unchanged: usize,
+}
+
+fn prefixed(prefix: &str, result: Result<(), Vec<ValidationError>>) -> Result<(), Vec<ValidationError>> {
+    result.map_err(|errors| {
+        errors.into_iter().map(|e| ValidationError::new(format!("{prefix}.{}", e.field), e.message)).collect()
+    })
+}
+
+fn one(prefix: &str, result: Result<(), ValidationError>) -> Result<(), Vec<ValidationError>> {
+    prefixed(prefix, result.map_err(|e| vec![e]))
+}
+
+fn duplicates<'a>(v: &mut Validator, what: &str, names: impl Iterator<Item = (String, &'a str)>) {
+    let mut seen = BTreeSet::new();
+    for (field, name) in names {
+        if !seen.insert(name) {
+            v.check(Err(ValidationError::new(field, format!("duplicate {what} '{name}'"))));
+        }
+    }
+}
+
+/// Checks the document on its own: every value valid, no duplicates, references
+/// between its parts resolvable (given the names that exist in the store).
+fn check_document(doc: &Document, stored_upstreams: &BTreeSet<String>) -> Result<(), StoreError> {
+    let mut v = Validator::new();
+    for (i, u) in doc.upstreams.iter().enumerate() {
+        v.check_all(prefixed(&format!("upstreams[{i}]"), validate::upstream(u)));
+    }
+    duplicates(
+        &mut v,
+        "upstream",
+        doc.upstreams.iter().enumerate().map(|(i, u)| (format!("upstreams[{i}].name"), u.name.as_str())),
+    );
+    for (i, p) in doc.plans.iter().enumerate() {
+        let at = format!("plans[{i}]");
+        v.check_all(one(&at, validate::slug("slug", &p.slug)));
+        v.check_all(one(&at, validate::name("name", &p.name)));
+        if let Some(r) = &p.rate_limit {
+            v.check_all(one(&at, validate::rate_limit("rate_limit", r)));
+        }
+        if let Some(q) = &p.quota {
+            v.check_all(one(&at, validate::quota("quota", q)));
+        }
+    }
+    duplicates(
+        &mut v,
+        "plan",
+        doc.plans.iter().enumerate().map(|(i, p)| (format!("plans[{i}].slug"), p.slug.as_str())),
+    );
+    duplicates(&mut v, "api", doc.apis.iter().enumerate().map(|(i, a)| (format!("apis[{i}].slug"), a.slug.as_str())));
+    let upstream_names: BTreeSet<&str> =
+        doc.upstreams.iter().map(|u| u.name.as_str()).chain(stored_upstreams.iter().map(String::as_str)).collect();
+    let mut base_paths = Vec::new();
+    for (i, api) in doc.apis.iter().enumerate() {
+        let at = format!("apis[{i}]");
+        v.check_all(one(&at, validate::slug("slug", &api.slug)));
+        v.check_all(one(&at, validate::name("name", &api.name)));
+        v.check_all(one(&at, validate::tags("tags", &api.tags)));
+        duplicates(
+            &mut v,
+            "version",
+            api.versions.iter().enumerate().map(|(j, ver)| (format!("{at}.versions[{j}].label"), ver.label.as_str())),
+        );
+        let labels: BTreeSet<&str> = api.versions.iter().map(|ver| ver.label.as_str()).collect();
+        for (j, ver) in api.versions.iter().enumerate() {
+            let at = format!("{at}.versions[{j}]");
+            v.check_all(one(&at, validate::label("label", &ver.label)));
+            v.check_all(one(&at, validate::base_path("base_path", &ver.base_path)));
+            base_paths.push((format!("{at}.base_path"), ver.base_path.as_str()));
+            for (k, route) in ver.routes.iter().enumerate() {
+                v.check_all(prefixed(&format!("{at}.routes[{k}]"), validate::route(route)));
+            }
+            match &ver.upstream {
+                Some(name) if !upstream_names.contains(name.as_str()) => {
+                    v.check(Err(ValidationError::new(format!("{at}.upstream"), format!("no upstream named '{name}'"))));
+                }
+                None if ver.state.is_live() => {
+                    v.check(Err(ValidationError::new(format!("{at}.upstream"), "a live version needs an upstream")));
+                }
+                _ => {}
+            }
+            if ver.state.is_live() && ver.routes.is_empty() {
+                v.check(Err(ValidationError::new(format!("{at}.routes"), "a live version needs at least one route")));
+            }
+            if ver.state == VersionState::Deprecated && ver.sunset_at.is_none() {
+                v.check(Err(ValidationError::new(
+                    format!("{at}.sunset_at"),
+                    "a deprecated version needs a sunset date",
+                )));
+            }
+            if let Some(successor) = &ver.successor {
+                if !labels.contains(successor.as_str()) || successor == &ver.label {
+                    v.check(Err(ValidationError::new(
+                        format!("{at}.successor"),
+                        format!("no other version '{successor}' of this API in the file"),
+                    )));
+                }
+            }
+            if let Some(doc) = &ver.openapi {
+                if let Err(e) = openapi::import(&doc.to_string()) {
+                    v.check(Err(ValidationError::new(format!("{at}.openapi"), e.to_string())));
+                }
+            }
+        }
+    }
+    duplicates(&mut v, "base path", base_paths.into_iter());
+    v.finish().map_err(StoreError::Invalid)
+}
+
+/// Whether lifecycle transitions lead from `from` to `to` (staying put counts).
+fn reachable(from: VersionState, to: VersionState) -> bool {
+    let mut seen = vec![from];
+    let mut i = 0;
+    while i < seen.len() {
+        for t in lifecycle::allowed_transitions(seen[i]) {
+            if !seen.contains(&t.target()) {
+                seen.push(t.target());
+            }
+        }
+        i += 1;
+    }
+    seen.contains(&to)
+}
+
+/// Works out what importing `doc` would change, refusing the whole document if any
+/// part of it is invalid or cannot be reached from the current state.
+pub async fn plan(db: &impl ConnectionTrait, doc: &Document) -> Result<Plan, StoreError> {
+    let current = export(db).await?;
+    let stored_upstreams: BTreeSet<String> = current.upstreams.iter().map(|u| u.name.clone()).collect();
+    check_document(doc, &stored_upstreams)?;
+    let mut plan = Plan::default();
+    let mut note = |step: Option<Step>| match step {
+        Some(step) => plan.steps.push(step),
+        None => plan.unchanged += 1,
+    };
+    let old_upstreams: HashMap<&str, &UpstreamSpec> = current.upstreams.iter().map(|u| (u.name.as_str(), u)).collect();
+    for u in &doc.upstreams {
+        note(match old_upstreams.get(u.name.as_str()) {
+            None => Some(Step::CreateUpstream(u.clone())),
+            Some(old) if *old != u => Some(Step::UpdateUpstream(u.clone())),
+            Some(_) => None,
+        });
+    }
+    let old_plans: HashMap<&str, &PlanInput> = current.plans.iter().map(|p| (p.slug.as_str(), p)).collect();
+    for p in &doc.plans {
+        note(match old_plans.get(p.slug.as_str()) {
+            None => Some(Step::CreatePlan(p.clone())),
+            Some(old) if *old != p => Some(Step::UpdatePlan(p.clone())),
+            Some(_) => None,
+        });
+    }
+    let old_apis: HashMap<&str, &ApiDocument> = current.apis.iter().map(|a| (a.slug.as_str(), a)).collect();
+    let mut errors = Vec::new();
+    // Base paths other APIs' versions hold in the store, which the file must not take.
+    let stored_paths: HashMap<&str, (&str, &str)> = current
+        .apis
+        .iter()
+        .flat_map(|a| a.versions.iter().map(move |v| (v.base_path.as_str(), (a.slug.as_str(), v.label.as_str()))))
+        .collect();
+    for (i, api) in doc.apis.iter().enumerate() {
+        let old = old_apis.get(api.slug.as_str());
+        note(match old {
+            None => Some(Step::CreateApi(api.input())),
+            Some(old) if old.input() != api.input() => Some(Step::UpdateApi(api.input())),
+            Some(_) => None,
+        });
+        let old_versions: BTreeMap<&str, &VersionDocument> =
+            old.map(|o| o.versions.iter().map(|v| (v.label.as_str(), v)).collect()).unwrap_or_default();
+        for (j, ver) in api.versions.iter().enumerate() {
+            let at = format!("apis[{i}].versions[{j}]");
+            if let Some((slug, label)) = stored_paths.get(ver.base_path.as_str()) {
+                if *slug != api.slug || *label != ver.label {
+                    errors.push(ValidationError::new(
+                        format!("{at}.base_path"),
+                        format!("'{}' is used by version {slug}/{label}", ver.base_path),
+                    ));
+                }
+            }
+            let desired = VersionDocument { routes: canonical_routes(ver.routes.clone()), ..ver.clone() };
+            let Some(existing) = old_versions.get(ver.label.as_str()) else {
+                note(Some(Step::PutVersion {
+                    api_slug: api.slug.clone(),
+                    version: desired,
+                    exists: false,
+                    changes: vec![],
+                }));
+                continue;
+            };
+            if !reachable(existing.state, ver.state) {
+                errors.push(ValidationError::new(
+                    format!("{at}.state"),
+                    format!("cannot go from {} to {}", existing.state.as_str(), ver.state.as_str()),
+                ));
+                continue;
+            }
+            let changes = version_changes(existing, &desired);
+            if existing.state == VersionState::Retired && !changes.is_empty() {
+                errors.push(ValidationError::new(at, "a retired version is read-only"));
+                continue;
+            }
+            note((!changes.is_empty()).then(|| Step::PutVersion {
+                api_slug: api.slug.clone(),
+                version: desired,
+                exists: true,
+                changes,
+            }));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(StoreError::Invalid(errors));
+    }
+    Ok(plan)
+}
+
+fn version_changes(old: &VersionDocument, new: &VersionDocument) -> Vec<String> {
+    let mut changes = Vec::new();
+    if old.state != new.state {
+        changes.push(format!("state {} -> {}", old.state.as_str(), new.state.as_str()));
+    }
+    if old.base_path != new.base_path {
+        changes.push(format!("base_path {} -> {}", old.base_path, new.base_path));
+    }
+    if old.upstream != new.upstream {
+        changes.push("upstream".into());
+    }
+    if old.sunset_at != new.sunset_at {
+        changes.push("sunset_at".into());
+    }
+    if old.successor != new.successor {
+        changes.push("successor".into());
+    }
+    if old.routes != new.routes {
+        changes.push(format!("routes {} -> {}", old.routes.len(), new.routes.len()));
+    }
+    if old.openapi != new.openapi {
+        changes.push("openapi document".into());
+    }
+    changes
+}
+
+/// Applies a plan made by [`plan`] inside `change`.
+pub async fn apply(change: &Change<'_>, plan: &Plan) -> Result<(), StoreError> {
+    let db = change.txn();
+    let mut successors = Vec::new();
+    for step in &plan.steps {
+        match step {
+            Step::CreateUpstream(u) => drop(upstreams::create(change, u.clone()).await?),
+            Step::UpdateUpstream(u) => drop(upstreams::replace(change, &u.name, u.clone()).await?),
+            Step::CreatePlan(p) => drop(plans::create(change, p.clone()).await?),
+            Step::UpdatePlan(p) => drop(plans::replace(change, &p.slug, p.clone()).await?),
+            Step::CreateApi(a) => drop(apis::create(change, a.clone()).await?),
+            Step::UpdateApi(a) => drop(apis::replace(change, &a.slug, a.clone()).await?),
+            Step::PutVersion { api_slug, version, exists, .. } => {
+                let api = apis::find(db, api_slug).await?;
+                let input = VersionInput {
+                    label: version.label.clone(),
+                    base_path: Some(version.base_path.clone()),
+                    upstream_id: version.upstream.clone(),
+                };
+                let id = if *exists {
+                    let model = versions::find(db, &api, &version.label).await?;
+                    let patch = serde_json::json!({"base_path": version.base_path, "upstream_id": version.upstream});
+                    // Retired versions are read-only, so only route through patch when live or draft.
+                    if state_of(&model) != VersionState::Retired {
+                        versions::patch(change, &api, &model.id, &patch).await?;
+                    }
+                    model.id
+                } else {
+                    versions::create(change, &api, input).await?.id
+                };
+                put_version_content(change, &id, version).await?;
+                if let Some(successor) = &version.successor {
+                    successors.push((api, id, successor.clone()));
+                }
+            }
+        }
+    }
+    // Successors may be created later in the file than the versions naming them.
+    for (api, id, successor) in successors {
+        let successor = versions::find(db, &api, &successor).await?;
+        let mut active: api_versions::ActiveModel = api_versions::Entity::find_by_id(id.clone())
+            .one(db)
+            .await?
+            .ok_or_else(|| StoreError::not_found("version", id))?
+            .into();
+        active.successor_id = Set(Some(successor.id));
+        active.update(db).await?;
+    }
+    Ok(())
+}
+
+/// Sets a version's state, dates, document and routes to the file's. States are
+/// restored as written (the plan has checked they are reachable), which is what
+/// lets an export be imported into an empty store.
+async fn put_version_content(change: &Change<'_>, id: &str, version: &VersionDocument) -> Result<(), StoreError> {
+    let db = change.txn();
+    let model = api_versions::Entity::find_by_id(id.to_owned())
+        .one(db)
+        .await?
+        .ok_or_else(|| StoreError::not_found("version", id))?;
+    let stored_routes = route_rows::Entity::find().filter(route_rows::Column::VersionId.eq(id)).all(db).await?;
+    let routes =
+        stored_routes.iter().map(|r| from_text::<RouteSpec>("routes.spec", &r.spec)).collect::<Result<Vec<_>, _>>()?;
+    if canonical_routes(routes) != version.routes {
+        route_rows::Entity::delete_many().filter(route_rows::Column::VersionId.eq(id)).exec(db).await?;
+        let now = Utc::now();
+        for spec in &version.routes {
+            route_rows::ActiveModel {
+                id: Set(new_id()),
+                version_id: Set(id.to_owned()),
+                spec: Set(serde_json::to_string(spec).expect("route specs serialize")),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+            .insert(db)
+            .await?;
+        }
+    }
+    let now = Utc::now();
+    let was = state_of(&model);
+    let mut active: api_versions::ActiveModel = model.into();
+    active.state = Set(version.state.as_str().into());
+    active.sunset_at = Set(version.sunset_at);
+    active.openapi_document = Set(version.openapi.as_ref().map(|d| d.to_string()));
+    if version.state == VersionState::Deprecated && was != VersionState::Deprecated {
+        active.deprecated_at = Set(Some(now));
+    }
+    if version.successor.is_none() {
+        active.successor_id = Set(None);
+    }
+    active.updated_at = Set(now);
+    active.update(db).await?;
+    change
+        .audit(
+            "version.import",
+            "version",
+            id,
+            serde_json::json!({"state": version.state.as_str(), "routes": version.routes.len()}),
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use VersionState::*;
+
+    #[test]
+    fn reachability_follows_the_lifecycle() {
+        assert!(reachable(Draft, Retired));
+        assert!(reachable(Draft, Deprecated));
+        assert!(reachable(Deprecated, Published));
+        assert!(!reachable(Published, Draft));
+        assert!(!reachable(Retired, Published));
+        assert!(reachable(Retired, Retired));
+    }
+}

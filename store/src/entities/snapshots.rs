@@ -1,0 +1,19 @@
+//! `snapshots` table. Generated-entity style: columns only, behaviour lives in the sibling query modules.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "snapshots")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub version: i64,
+    pub checksum: String,
+    #[sea_orm(column_type = "Text")]
+    pub content: String,
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,96 @@
+//! The snapshot compiler: turns the control plane's tables into the gateway's
+//! [`SnapshotContent`] and stores each distinct result under the next version.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use turnpike_domain::model::VersionState;
+use turnpike_domain::snapshot::{Snapshot, SnapshotContent, SnapshotRoute, SnapshotUpstream, SnapshotVersion};
+
+use crate::StoreError;
+use crate::entities::{api_versions, apis, routes, snapshots, upstreams};
+use crate::json::{from_text, to_text};
+use crate::versions::state_of;
+
+/// Reads everything the gateway needs: non-draft versions with their routes, and
+/// the upstreams they use.
+pub async fn compile_content(db: &impl ConnectionTrait) -> Result<SnapshotContent, StoreError> {
+    let versions = api_versions::Entity::find()
+        .filter(api_versions::Column::State.ne(VersionState::Draft.as_str()))
+        .all(db)
+        .await?;
+    let slugs: HashMap<String, String> =
+        apis::Entity::find().all(db).await?.into_iter().map(|a| (a.id, a.slug)).collect();
+    let mut routes_by_version: HashMap<String, Vec<SnapshotRoute>> = HashMap::new();
+    let version_ids: Vec<String> = versions.iter().map(|v| v.id.clone()).collect();
+    for r in routes::Entity::find().filter(routes::Column::VersionId.is_in(version_ids)).all(db).await? {
+        routes_by_version
+            .entry(r.version_id.clone())
+            .or_default()
+            .push(SnapshotRoute { spec: from_text("routes.spec", &r.spec)?, id: r.id });
+    }
+    let base_paths: HashMap<String, String> = versions.iter().map(|v| (v.id.clone(), v.base_path.clone())).collect();
+    let used: Vec<String> = versions.iter().filter_map(|v| v.upstream_id.clone()).collect();
+    let upstreams = upstreams::Entity::find()
+        .filter(upstreams::Column::Id.is_in(used))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|u| Ok(SnapshotUpstream { spec: from_text("upstreams.spec", &u.spec)?, id: u.id }))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let versions = versions
+        .into_iter()
+        .map(|v| SnapshotVersion {
+            state: state_of(&v),
+            api_slug: slugs.get(&v.api_id).cloned().unwrap_or_default(),
+            successor_base_path: v.successor_id.as_ref().and_then(|id| base_paths.get(id).cloned()),
+            routes: routes_by_version.remove(&v.id).unwrap_or_default(),
+            id: v.id,
+            api_id: v.api_id,
+            label: v.label,
+            base_path: v.base_path,
+            upstream_id: v.upstream_id,
+            sunset_at: v.sunset_at,
+            deprecated_at: v.deprecated_at,
+        })
+        .collect();
+    let mut content = SnapshotContent { versions, upstreams };
+    content.canonicalize();
+    Ok(content)
+}
+
+/// The newest stored snapshot.
+pub async fn latest(db: &impl ConnectionTrait) -> Result<Option<Snapshot>, StoreError> {
+    let Some(row) = snapshots::Entity::find().order_by_desc(snapshots::Column::Version).one(db).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Snapshot {
+        version: u64::try_from(row.version).unwrap_or_default(),
+        checksum: row.checksum,
+        created_at: row.created_at,
+        content: from_text("snapshots.content", &row.content)?,
+    }))
+}
+
+/// Compiles the current state and stores it as a new snapshot if it differs from
+/// the latest one. The first call on an empty store always produces version 1, so a
+/// gateway can become ready on a platform with nothing published yet.
+pub async fn refresh(db: &impl ConnectionTrait) -> Result<Option<Snapshot>, StoreError> {
+    let content = compile_content(db).await?;
+    let previous = latest(db).await?;
+    if previous.as_ref().is_some_and(|p| p.checksum == content.checksum()) {
+        return Ok(None);
+    }
+    let version = previous.map_or(1, |p| p.version + 1);
+    let snapshot = Snapshot::compile(version, content, Utc::now());
+    snapshots::ActiveModel {
+        version: Set(i64::try_from(snapshot.version).expect("snapshot versions fit in i64")),
+        checksum: Set(snapshot.checksum.clone()),
+        content: Set(to_text(&snapshot.content)),
+        created_at: Set(snapshot.created_at),
+    }
+    .insert(db)
+    .await?;
+    Ok(Some(snapshot))
+}

@@ -1,0 +1,108 @@
+//! Test-only helpers: start real services (PostgreSQL today; Redis and ClickHouse later) as child
+//! processes on free loopback ports, and find the repository's files from tests.
+//!
+//! Everything here is blocking and uses only `std`, so it works the same from plain `#[test]`s and
+//! from any tokio runtime (each `#[tokio::test]` has its own runtime; a `'static` server must not be
+//! tied to one of them). Starting a server takes about a second; call it from async tests directly.
+//!
+//! Servers never outlive the test process: see [`ChildService`] for how that holds even for the
+//! `'static` instance behind [`Postgres::shared`], whose destructor never runs.
+//!
+//! ```
+//! use turnpike_testkit::Postgres;
+//!
+//! // One server per test process, one fresh database per test.
+//! let url = Postgres::shared().create_database("store_queries");
+//! assert!(url.starts_with("postgres://postgres@127.0.0.1:"));
+//! ```
+
+mod child;
+mod postgres;
+mod privilege;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+pub use child::{ChildService, StopSignal};
+pub use postgres::{PgBinaries, Postgres};
+pub use privilege::RunAs;
+
+/// Why a service could not be started or used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} not found ({hint})")]
+    NotFound { what: String, hint: String },
+    #[error("could not run {command}: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} failed ({status}):\n{output}")]
+    CommandFailed { command: String, status: ExitStatus, output: String },
+    #[error("{service} exited before it was ready ({status}); log tail:\n{log}")]
+    Exited { service: String, status: ExitStatus, log: String },
+    #[error("{service} was not ready within {timeout:?}; log tail:\n{log}")]
+    NotReady { service: String, timeout: Duration, log: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+///
+/// The port is found by binding port 0 and releasing it, so another process can take it before the
+/// caller binds it (a small race). Servers started by this crate retry on a fresh port when their
+/// bind fails; code that can bind port 0 itself should do that instead and read the port back.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .expect("binding 127.0.0.1:0 must work on a test machine");
+    listener.local_addr().expect("a bound listener has a local address").port()
+}
+
+/// The workspace root (the directory holding the root `Cargo.toml`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the testkit crate lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// The shared test fixtures, kept beside the repository in `../shared/fixtures`.
+pub fn fixtures_dir() -> PathBuf {
+    repo_root().parent().expect("the workspace root has a parent directory").join("shared").join("fixtures")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_can_be_bound_again() {
+        let port = free_port();
+        assert_ne!(port, 0);
+        // The port was released, so binding it must work (barring the documented race).
+        TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).unwrap();
+    }
+
+    #[test]
+    fn repo_root_is_the_workspace() {
+        let manifest = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+        assert!(manifest.contains("[workspace]"), "not the workspace root");
+        assert!(manifest.contains("\"testkit\""), "testkit is not a member");
+    }
+
+    #[test]
+    fn fixtures_dir_sits_beside_the_repository() {
+        let dir = fixtures_dir();
+        assert_eq!(dir.parent().unwrap().parent(), repo_root().parent());
+        assert!(dir.join("openapi").is_dir(), "{} has no openapi/ folder", dir.display());
+    }
+}
