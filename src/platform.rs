@@ -92,10 +92,10 @@ async fn bootstrap_admin(config: &Config, store: &Store, hasher: &KeyHasher) -> 
 
 /// Publishes the newest stored snapshot if it is newer than what the bus holds.
 async fn publish_latest(store: &Store, bus: &InProcessBus) -> anyhow::Result<()> {
-    if let Some(snapshot) = snapshots::latest(store.db()).await? {
-        if bus.latest().is_none_or(|current| snapshot.version > current.version) {
-            bus.publish(Arc::new(snapshot)).await?;
-        }
+    if let Some(snapshot) = snapshots::latest(store.db()).await?
+        && bus.latest().is_none_or(|current| snapshot.version > current.version)
+    {
+        bus.publish(Arc::new(snapshot)).await?;
     }
     Ok(())
 }

@@ -287,18 +287,18 @@ fn check_document(doc: &Document, stored_upstreams: &BTreeSet<String>) -> Result
                     "a deprecated version needs a sunset date",
                 )));
             }
-            if let Some(successor) = &ver.successor {
-                if !labels.contains(successor.as_str()) || successor == &ver.label {
-                    v.check(Err(ValidationError::new(
-                        format!("{at}.successor"),
-                        format!("no other version '{successor}' of this API in the file"),
-                    )));
-                }
+            if let Some(successor) = &ver.successor
+                && (!labels.contains(successor.as_str()) || successor == &ver.label)
+            {
+                v.check(Err(ValidationError::new(
+                    format!("{at}.successor"),
+                    format!("no other version '{successor}' of this API in the file"),
+                )));
             }
-            if let Some(doc) = &ver.openapi {
-                if let Err(e) = openapi::import(&doc.to_string()) {
-                    v.check(Err(ValidationError::new(format!("{at}.openapi"), e.to_string())));
-                }
+            if let Some(doc) = &ver.openapi
+                && let Err(e) = openapi::import(&doc.to_string())
+            {
+                v.check(Err(ValidationError::new(format!("{at}.openapi"), e.to_string())));
             }
         }
     }
@@ -367,13 +367,13 @@ pub async fn plan(db: &impl ConnectionTrait, doc: &Document) -> Result<Plan, Sto
             old.map(|o| o.versions.iter().map(|v| (v.label.as_str(), v)).collect()).unwrap_or_default();
         for (j, ver) in api.versions.iter().enumerate() {
             let at = format!("apis[{i}].versions[{j}]");
-            if let Some((slug, label)) = stored_paths.get(ver.base_path.as_str()) {
-                if *slug != api.slug || *label != ver.label {
-                    errors.push(ValidationError::new(
-                        format!("{at}.base_path"),
-                        format!("'{}' is used by version {slug}/{label}", ver.base_path),
-                    ));
-                }
+            if let Some((slug, label)) = stored_paths.get(ver.base_path.as_str())
+                && (*slug != api.slug || *label != ver.label)
+            {
+                errors.push(ValidationError::new(
+                    format!("{at}.base_path"),
+                    format!("'{}' is used by version {slug}/{label}", ver.base_path),
+                ));
             }
             let desired = VersionDocument { routes: canonical_routes(ver.routes.clone()), ..ver.clone() };
             let Some(existing) = old_versions.get(ver.label.as_str()) else {

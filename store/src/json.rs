@@ -102,6 +102,30 @@ pub(crate) fn from_text<T: serde::de::DeserializeOwned>(column: &str, text: &str
         .map_err(|e| StoreError::Database(sea_orm::DbErr::Custom(format!("column {column} holds invalid JSON: {e}"))))
 }
 
+/// Runs a paginated select: the page's rows and the total count.
+pub(crate) async fn fetch_page<E, C>(
+    db: &C,
+    select: sea_orm::Select<E>,
+    params: PageParams,
+) -> Result<(Vec<E::Model>, u64), StoreError>
+where
+    E: sea_orm::EntityTrait,
+    E::Model: Sync,
+    C: sea_orm::ConnectionTrait,
+{
+    use sea_orm::{PaginatorTrait, QuerySelect};
+    let params = params.check()?;
+    let total = select.clone().count(db).await?;
+    let rows = select.offset(params.offset()).limit(params.per_page).all(db).await?;
+    Ok((rows, total))
+}
+
+impl<T> Page<T> {
+    pub(crate) fn new(items: Vec<T>, params: PageParams, total: u64) -> Self {
+        Page { items, page: params.page, per_page: params.per_page, total }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -133,29 +157,5 @@ mod tests {
         assert!(PageParams { page: 1, per_page: 0 }.check().is_err());
         assert!(PageParams { page: 1, per_page: 201 }.check().is_err());
         assert_eq!(PageParams { page: 3, per_page: 20 }.check().unwrap().offset(), 40);
-    }
-}
-
-/// Runs a paginated select: the page's rows and the total count.
-pub(crate) async fn fetch_page<E, C>(
-    db: &C,
-    select: sea_orm::Select<E>,
-    params: PageParams,
-) -> Result<(Vec<E::Model>, u64), StoreError>
-where
-    E: sea_orm::EntityTrait,
-    E::Model: Sync,
-    C: sea_orm::ConnectionTrait,
-{
-    use sea_orm::{PaginatorTrait, QuerySelect};
-    let params = params.check()?;
-    let total = select.clone().count(db).await?;
-    let rows = select.offset(params.offset()).limit(params.per_page).all(db).await?;
-    Ok((rows, total))
-}
-
-impl<T> Page<T> {
-    pub(crate) fn new(items: Vec<T>, params: PageParams, total: u64) -> Self {
-        Page { items, page: params.page, per_page: params.per_page, total }
     }
 }

@@ -1,0 +1,14 @@
+//! Integration tests of the platform: the real admin API and gateway over HTTP, on
+//! SQLite and on a real PostgreSQL server started by the tests. One binary, so the
+//! crates link once.
+
+mod support;
+
+mod bad_input;
+mod binary;
+mod consumers;
+mod declarative;
+mod end_to_end;
+mod lifecycle;
+mod openapi_document;
+mod openapi_import;
