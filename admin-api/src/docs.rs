@@ -51,7 +51,7 @@ pub fn router(doc: utoipa::openapi::OpenApi) -> Router<AdminState> {
                         (header::CONTENT_TYPE, "text/html; charset=utf-8"),
                         (
                             header::CONTENT_SECURITY_POLICY,
-                            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'",
+                            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
                         ),
                     ],
                     DOCS_PAGE,
