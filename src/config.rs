@@ -306,7 +306,9 @@ impl LogConfig {
     /// Installs the global `tracing` subscriber, writing to stderr.
     pub fn install(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let filter = tracing_subscriber::EnvFilter::try_new(&self.level)?;
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        // Colours only on a terminal, so redirected logs stay plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
         match self.format {
             LogFormat::Text => builder.try_init(),
             LogFormat::Json => builder.json().try_init(),

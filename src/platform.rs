@@ -139,10 +139,11 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
     let bus = Arc::new(InProcessBus::new());
     if runs(Plane::Admin) {
         bootstrap_admin(config, &store, &hasher).await?;
-    }
-    // Compile the first snapshot of a fresh store so gateways can become ready.
-    if let Some(s) = store.change(&Actor("system".into())).await?.commit().await? {
-        tracing::info!(version = s.version, "compiled initial configuration snapshot");
+        // Compile the first snapshot of a fresh store (or one changed by an older
+        // version of Turnpike) so gateways can become ready.
+        if let Some(s) = store.change(&Actor("system".into())).await?.commit().await? {
+            tracing::info!(version = s.version, "compiled configuration snapshot");
+        }
     }
     publish_latest(&store, &bus).await?;
 

@@ -42,3 +42,19 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Segment
         Ok(Segments(value))
     }
 }
+
+/// A raw body (an uploaded document), within the body size limit.
+pub struct RawBody(pub bytes::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|rejection| {
+            let status = rejection.status();
+            let kind = if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE { "body-too-large" } else { "bad-body" };
+            Problem::new(status, kind, rejection.body_text())
+        })?;
+        Ok(RawBody(bytes))
+    }
+}

@@ -140,6 +140,7 @@ impl From<JsonRejection> for Problem {
             JsonRejection::JsonSyntaxError(_) => "malformed-body",
             JsonRejection::JsonDataError(_) => "invalid-input",
             JsonRejection::MissingJsonContentType(_) => "unsupported-media-type",
+            JsonRejection::BytesRejection(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => "body-too-large",
             _ => "bad-body",
         };
         Problem::new(rejection.status(), kind, rejection.body_text())

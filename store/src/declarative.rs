@@ -553,4 +553,21 @@ mod tests {
         assert!(!reachable(Retired, Published));
         assert!(reachable(Retired, Retired));
     }
+
+    /// Replays the fuzz seed corpus (`fuzz/corpus/declarative`): every file parses
+    /// or fails with an error, and alias bombs are refused rather than expanded.
+    #[test]
+    fn declarative_corpus_parses_or_fails_cleanly() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/declarative");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let parsed = yaml_serde::from_str::<Document>(&text);
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            assert_eq!(parsed.is_ok(), name == "minimal.yaml", "{name}: {:?}", parsed.err());
+            seen += 1;
+        }
+        assert!(seen >= 6, "corpus went missing");
+    }
 }

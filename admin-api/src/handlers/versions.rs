@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use bytes::Bytes;
 use serde::Deserialize;
 use turnpike_domain::lifecycle::Transition;
 use turnpike_domain::model::VersionState;
@@ -14,7 +13,7 @@ use utoipa_axum::routes;
 
 use crate::AdminState;
 use crate::auth::Admin;
-use crate::extract::{Body, Params, Segments};
+use crate::extract::{Body, Params, RawBody, Segments};
 use crate::problem::Problem;
 
 pub fn router() -> OpenApiRouter<AdminState> {
@@ -217,7 +216,7 @@ async fn put_openapi(
     State(app): State<AdminState>,
     admin: Admin,
     Segments((api, version)): Segments<(String, String)>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<ImportOutcome>), Problem> {
     let text = std::str::from_utf8(&body).map_err(|e| {
         Problem::new(StatusCode::BAD_REQUEST, "malformed-body", format!("the document is not UTF-8: {e}"))
