@@ -30,7 +30,12 @@ pub async fn compile_content(db: &impl ConnectionTrait) -> Result<SnapshotConten
             .or_default()
             .push(SnapshotRoute { spec: from_text("routes.spec", &r.spec)?, id: r.id });
     }
-    let base_paths: HashMap<String, String> = versions.iter().map(|v| (v.id.clone(), v.base_path.clone())).collect();
+    // A successor is announced only while it carries traffic.
+    let live_base_paths: HashMap<String, String> = versions
+        .iter()
+        .filter(|v| state_of(v).is_live())
+        .map(|v| (v.id.clone(), v.base_path.clone()))
+        .collect();
     let used: Vec<String> = versions.iter().filter_map(|v| v.upstream_id.clone()).collect();
     let upstreams = upstreams::Entity::find()
         .filter(upstreams::Column::Id.is_in(used))
@@ -44,7 +49,7 @@ pub async fn compile_content(db: &impl ConnectionTrait) -> Result<SnapshotConten
         .map(|v| SnapshotVersion {
             state: state_of(&v),
             api_slug: slugs.get(&v.api_id).cloned().unwrap_or_default(),
-            successor_base_path: v.successor_id.as_ref().and_then(|id| base_paths.get(id).cloned()),
+            successor_base_path: v.successor_id.as_ref().and_then(|id| live_base_paths.get(id).cloned()),
             routes: routes_by_version.remove(&v.id).unwrap_or_default(),
             id: v.id,
             api_id: v.api_id,

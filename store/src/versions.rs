@@ -253,6 +253,12 @@ pub async fn patch(
 pub async fn delete(change: &Change<'_>, api: &apis::Model, id_or_label: &str) -> Result<(), StoreError> {
     let model = find(change.txn(), api, id_or_label).await?;
     lifecycle::ensure_deletable(state_of(&model))?;
+    // Versions that named this one as their successor stop doing so.
+    api_versions::Entity::update_many()
+        .col_expr(api_versions::Column::SuccessorId, sea_orm::sea_query::Expr::value(Option::<String>::None))
+        .filter(api_versions::Column::SuccessorId.eq(model.id.clone()))
+        .exec(change.txn())
+        .await?;
     api_versions::Entity::delete_by_id(model.id.clone()).exec(change.txn()).await?;
     change.audit("version.delete", "version", &model.id, serde_json::json!({"label": model.label})).await?;
     Ok(())
@@ -291,6 +297,12 @@ pub async fn transition(
             })?;
             if successor.id == model.id {
                 return Err(StoreError::invalid("successor", "a version cannot succeed itself"));
+            }
+            if state_of(&successor) != VersionState::Published {
+                return Err(StoreError::invalid(
+                    "successor",
+                    format!("version '{}' is {}; a successor must be published", successor.label, successor.state),
+                ));
             }
             Some(successor.id)
         }

@@ -245,6 +245,22 @@ impl Upstream {
     }
 }
 
+/// Sends a request that must change nothing, so adds no audit entry.
+pub async fn refused(app: &TestApp, request: impl Future<Output = Reply>) -> Reply {
+    let before = app.audit_count().await;
+    let reply = request.await;
+    assert_eq!(app.audit_count().await, before, "a refused request was audited; it answered {}", reply.text());
+    reply
+}
+
+/// Sends a request that must be recorded as exactly one audit entry.
+pub async fn accepted(app: &TestApp, request: impl Future<Output = Reply>) -> Reply {
+    let before = app.audit_count().await;
+    let reply = request.await;
+    assert_eq!(app.audit_count().await, before + 1, "expected one audit entry; the answer was {}", reply.text());
+    reply
+}
+
 /// Runs each test body once on SQLite and once on PostgreSQL.
 macro_rules! on_both_stores {
     ($(async fn $name:ident($app:ident) $body:block)*) => {
