@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use turnpike_bus::{ConfigBus, InProcessBus};
+use turnpike_bus::{BusError, ConfigBus, InProcessBus};
 use turnpike_domain::secrets::{KeyHasher, generate_secret};
 use turnpike_store::{Actor, Store, snapshots, tokens};
 
@@ -22,8 +22,7 @@ use crate::config::{Config, Plane, SecretSource, ServerKey};
 /// File in the data directory holding the bootstrap admin token.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
-/// How often a gateway running without an admin plane in its process looks for a
-/// newer snapshot in the store.
+/// How often a gateway looks for a newer snapshot in the store.
 const SNAPSHOT_POLL: Duration = Duration::from_secs(1);
 
 /// Connects to the configured database and applies pending migrations.
@@ -95,7 +94,11 @@ async fn publish_latest(store: &Store, bus: &InProcessBus) -> anyhow::Result<()>
     if let Some(snapshot) = snapshots::latest(store.db()).await?
         && bus.latest().is_none_or(|current| snapshot.version > current.version)
     {
-        bus.publish(Arc::new(snapshot)).await?;
+        match bus.publish(Arc::new(snapshot)).await {
+            // Another publisher (this process's admin API) got there first.
+            Ok(()) | Err(BusError::Stale { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
@@ -155,8 +158,10 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
         let gateway = turnpike_gateway::ConfigStore::new();
         // The follower ends when the bus is dropped, at shutdown.
         tokio::spawn(gateway.clone().follow(bus.subscribe()));
-        if !runs(Plane::Admin) {
-            // No admin plane in this process: changes arrive through the shared store.
+        {
+            // Changes made by other processes (other admin nodes, `config import`)
+            // arrive through the shared store; this process's own admin writes are
+            // published at once and make the poll a no-op.
             let (store, bus, mut stop) = (store.clone(), bus.clone(), stop_rx.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(SNAPSHOT_POLL);

@@ -287,6 +287,21 @@ fn check_document(doc: &Document, stored_upstreams: &BTreeSet<String>) -> Result
                     "a deprecated version needs a sunset date",
                 )));
             }
+            // As through the admin API: publishing clears the sunset and the successor,
+            // retiring keeps them, drafts never have them.
+            let sunsetting = matches!(ver.state, VersionState::Deprecated | VersionState::Retired);
+            if !sunsetting && ver.sunset_at.is_some() {
+                v.check(Err(ValidationError::new(
+                    format!("{at}.sunset_at"),
+                    "only deprecated and retired versions have a sunset date",
+                )));
+            }
+            if !sunsetting && ver.successor.is_some() {
+                v.check(Err(ValidationError::new(
+                    format!("{at}.successor"),
+                    "only deprecated and retired versions have a successor",
+                )));
+            }
             if let Some(successor) = &ver.successor
                 && (!labels.contains(successor.as_str()) || successor == &ver.label)
             {
@@ -375,7 +390,11 @@ pub async fn plan(db: &impl ConnectionTrait, doc: &Document) -> Result<Plan, Sto
                     format!("'{}' is used by version {slug}/{label}", ver.base_path),
                 ));
             }
-            let desired = VersionDocument { routes: canonical_routes(ver.routes.clone()), ..ver.clone() };
+            let desired = VersionDocument {
+                routes: canonical_routes(ver.routes.clone()),
+                sunset_at: ver.sunset_at.map(crate::json::stored_precision),
+                ..ver.clone()
+            };
             let Some(existing) = old_versions.get(ver.label.as_str()) else {
                 note(Some(Step::PutVersion {
                     api_slug: api.slug.clone(),
@@ -390,6 +409,14 @@ pub async fn plan(db: &impl ConnectionTrait, doc: &Document) -> Result<Plan, Sto
                     format!("{at}.state"),
                     format!("cannot go from {} to {}", existing.state.as_str(), ver.state.as_str()),
                 ));
+                continue;
+            }
+            if ver.state == VersionState::Deprecated
+                && existing.state != VersionState::Deprecated
+                && let Some(sunset_at) = ver.sunset_at
+                && let Err(e) = lifecycle::check_sunset(sunset_at, Utc::now())
+            {
+                errors.push(ValidationError::new(format!("{at}.sunset_at"), e.to_string()));
                 continue;
             }
             let changes = version_changes(existing, &desired);
@@ -521,8 +548,10 @@ async fn put_version_content(change: &Change<'_>, id: &str, version: &VersionDoc
     active.state = Set(version.state.as_str().into());
     active.sunset_at = Set(version.sunset_at);
     active.openapi_document = Set(version.openapi.as_ref().map(|d| d.to_string()));
-    if version.state == VersionState::Deprecated && was != VersionState::Deprecated {
-        active.deprecated_at = Set(Some(now));
+    match version.state {
+        VersionState::Deprecated if was != VersionState::Deprecated => active.deprecated_at = Set(Some(now)),
+        VersionState::Draft | VersionState::Published => active.deprecated_at = Set(None),
+        _ => {}
     }
     if version.successor.is_none() {
         active.successor_id = Set(None);

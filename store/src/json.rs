@@ -126,6 +126,12 @@ impl<T> Page<T> {
     }
 }
 
+/// Truncates a timestamp to microseconds, the precision PostgreSQL keeps, so a value
+/// compares equal to itself after a round trip through either database.
+pub(crate) fn stored_precision(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    chrono::SubsecRound::trunc_subsecs(at, 6)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

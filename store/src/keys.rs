@@ -100,7 +100,7 @@ pub async fn create(
         name: Set(input.name),
         prefix: Set(generated.prefix.clone()),
         key_hash: Set(hasher.hash(&generated.plaintext)),
-        expires_at: Set(input.expires_at),
+        expires_at: Set(input.expires_at.map(crate::json::stored_precision)),
         revoked_at: Set(None),
         created_at: Set(now),
     }

@@ -274,6 +274,7 @@ pub async fn transition(
 ) -> Result<VersionRecord, StoreError> {
     let model = find(change.txn(), api, id_or_label).await?;
     let now = Utc::now();
+    let input = TransitionInput { sunset_at: input.sunset_at.map(crate::json::stored_precision), ..input };
     let from = state_of(&model);
     let to = lifecycle::transition(from, t, input.sunset_at, now)?;
     if to.is_live() {
