@@ -14,8 +14,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
-        Ok(Body(value))
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        // serde would also read a struct from an array of its fields in order; the
+        // API only speaks objects.
+        if !value.is_object() {
+            return Err(Problem::invalid_body("body", "must be a JSON object"));
+        }
+        serde_path_to_error::deserialize(value).map(Body).map_err(|e| {
+            let field = e.path().to_string();
+            Problem::invalid_body(if field == "." { "body" } else { &field }, e.inner().to_string())
+        })
     }
 }
 

@@ -48,6 +48,13 @@ impl Problem {
         )
     }
 
+    /// A well-formed body that does not fit the resource: 422 naming the field.
+    pub fn invalid_body(field: &str, message: impl Into<String>) -> Problem {
+        let message = message.into();
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", format!("{field}: {message}"))
+            .with("errors", json!([{"field": field, "message": message}]))
+    }
+
     pub fn not_found(detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::NOT_FOUND, "not-found", detail)
     }
@@ -58,6 +65,11 @@ impl IntoResponse for Problem {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(&self)).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The unread rest of the body makes the connection unusable; say so
+            // instead of letting the client's next request fail on it.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

@@ -130,17 +130,58 @@ fn parse_syntax(text: &str, format: DocFormat) -> Result<Value, ImportError> {
             .map_err(|e| ImportError::syntax(Some(e.line()), Some(e.column()), format!("invalid JSON: {e}")))?,
         DocFormat::Yaml => yaml_serde::from_str(text).map_err(|e| {
             let loc = e.location();
-            ImportError::syntax(
-                loc.as_ref().map(|l| l.line()),
-                loc.as_ref().map(|l| l.column()),
-                format!("invalid YAML: {e}"),
-            )
+            let mut at = loc.as_ref().map(|l| (l.line(), l.column()));
+            // The YAML parser places errors raised while building a mapping at the
+            // mapping's start; a duplicate key is worth pointing at exactly.
+            if let Some((line, _)) = at
+                && let Some(key) = duplicate_key_of(&e.to_string())
+                && let Some(exact) = yaml_duplicate_position(text, line, &key)
+            {
+                at = Some(exact);
+            }
+            ImportError::syntax(at.map(|a| a.0), at.map(|a| a.1), format!("invalid YAML: {e}"))
         })?,
     };
     if !value.is_object() {
         return Err(ImportError::nowhere("the document must be an object with `openapi`, `info` and `paths`"));
     }
     Ok(value)
+}
+
+/// The key named by a [`StrictVisitor`] duplicate-key error message.
+fn duplicate_key_of(message: &str) -> Option<String> {
+    let rest = &message[message.find("duplicate key \"")? + "duplicate key \"".len()..];
+    let mut key = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(key),
+            '\\' => key.push(chars.next()?),
+            c => key.push(c),
+        }
+    }
+    None
+}
+
+/// 1-based line and column of the second block-mapping entry `key:` at the same
+/// indentation, searching from `from_line` (the start of the mapping). `None` when the
+/// layout is not plain block style, in which case the mapping's position is kept.
+fn yaml_duplicate_position(text: &str, from_line: usize, key: &str) -> Option<(usize, usize)> {
+    let spellings = [format!("{key}:"), format!("\"{key}\":"), format!("'{key}':")];
+    let mut first_indent = None;
+    for (i, line) in text.lines().enumerate().skip(from_line.saturating_sub(1)) {
+        let content = line.trim_start();
+        let indent = line.len() - content.len();
+        if !spellings.iter().any(|s| content.starts_with(s.as_str())) {
+            continue;
+        }
+        match first_indent {
+            None => first_indent = Some(indent),
+            Some(first) if first == indent => return Some((i + 1, indent + 1)),
+            Some(_) => {}
+        }
+    }
+    None
 }
 
 /// A JSON value that refuses duplicate object keys. Both serde_json and YAML parsers
@@ -682,5 +723,13 @@ components:
         let err = ImportError::at("paths./a", "bad");
         assert_eq!(err.to_string(), "paths./a: bad");
         assert_eq!(ImportError::nowhere("bad").to_string(), "bad");
+    }
+
+    #[test]
+    fn a_duplicate_yaml_key_is_reported_on_its_own_line() {
+        let doc = "openapi: 3.0.0\ninfo:\n  title: t\n  version: '1'\npaths:\n  /a:\n    get:\n      responses: {}\n  /b: {}\n  \"/a\":\n    post:\n      responses: {}\n";
+        let err = import(doc).unwrap_err();
+        assert!(err.message.contains("duplicate key \"/a\""), "{err}");
+        assert_eq!((err.line, err.column), (Some(10), Some(3)), "{err}");
     }
 }

@@ -88,7 +88,10 @@ pub fn patched<T: Serialize + serde::de::DeserializeOwned>(current: &T, patch: &
     }
     let mut value = serde_json::to_value(current).expect("inputs serialize");
     merge_patch(&mut value, patch);
-    serde_json::from_value(value).map_err(|e| StoreError::invalid("body", e.to_string()))
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        StoreError::invalid(if field == "." { "body" } else { &field }, e.inner().to_string())
+    })
 }
 
 pub(crate) fn to_text<T: Serialize>(value: &T) -> String {

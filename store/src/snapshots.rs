@@ -31,11 +31,8 @@ pub async fn compile_content(db: &impl ConnectionTrait) -> Result<SnapshotConten
             .push(SnapshotRoute { spec: from_text("routes.spec", &r.spec)?, id: r.id });
     }
     // A successor is announced only while it carries traffic.
-    let live_base_paths: HashMap<String, String> = versions
-        .iter()
-        .filter(|v| state_of(v).is_live())
-        .map(|v| (v.id.clone(), v.base_path.clone()))
-        .collect();
+    let live_base_paths: HashMap<String, String> =
+        versions.iter().filter(|v| state_of(v).is_live()).map(|v| (v.id.clone(), v.base_path.clone())).collect();
     let used: Vec<String> = versions.iter().filter_map(|v| v.upstream_id.clone()).collect();
     let upstreams = upstreams::Entity::find()
         .filter(upstreams::Column::Id.is_in(used))

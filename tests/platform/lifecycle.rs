@@ -2,7 +2,6 @@
 //! sunset dates, successors, copying and deleting, and what the gateway serves after
 //! each change. Every refused request must leave the audit log as it was.
 
-
 use chrono::{Duration, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
