@@ -31,7 +31,6 @@ impl MigrationTrait for Migration {
                 .col(string_uniq(AdminTokens::TokenHash))
                 .col(timestamp_with_time_zone(AdminTokens::CreatedAt))
                 .col(timestamp_with_time_zone_null(AdminTokens::RevokedAt))
-                .col(timestamp_with_time_zone_null(AdminTokens::LastUsedAt))
                 .to_owned(),
         )
         .await?;
@@ -293,7 +292,6 @@ enum AdminTokens {
     TokenHash,
     CreatedAt,
     RevokedAt,
-    LastUsedAt,
 }
 
 #[derive(DeriveIden)]

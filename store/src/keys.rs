@@ -110,6 +110,35 @@ pub async fn create(
     Ok(CreatedKey { record: record(model), key: generated.plaintext })
 }
 
+pub async fn get(db: &impl ConnectionTrait, app: &applications::Model, id: &str) -> Result<KeyRecord, StoreError> {
+    Ok(record(find(db, app, id).await?))
+}
+
+/// Renames a key or changes its expiry (JSON merge patch of `name` and `expires_at`).
+pub async fn patch(
+    change: &Change<'_>,
+    app: &applications::Model,
+    id: &str,
+    patch: &serde_json::Value,
+) -> Result<KeyRecord, StoreError> {
+    let model = find(change.txn(), app, id).await?;
+    if model.revoked_at.is_some() {
+        return Err(StoreError::Conflict("a revoked key cannot be changed".into()));
+    }
+    let current = KeyInput { name: model.name.clone(), expires_at: model.expires_at };
+    let input: KeyInput = crate::patched(&current, patch)?;
+    validate::name("name", &input.name)?;
+    if input.expires_at != model.expires_at && input.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(StoreError::invalid("expires_at", "must be in the future"));
+    }
+    let mut active: api_keys::ActiveModel = model.into();
+    active.name = Set(input.name);
+    active.expires_at = Set(input.expires_at.map(crate::json::stored_precision));
+    let model = active.update(change.txn()).await?;
+    change.audit("key.update", "key", &model.id, patch.clone()).await?;
+    Ok(record(model))
+}
+
 pub async fn revoke(change: &Change<'_>, app: &applications::Model, id: &str) -> Result<KeyRecord, StoreError> {
     let model = find(change.txn(), app, id).await?;
     if model.revoked_at.is_some() {

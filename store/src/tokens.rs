@@ -62,7 +62,6 @@ pub async fn create(change: &Change<'_>, hasher: &KeyHasher, input: TokenInput) 
         token_hash: Set(hasher.hash(&generated.plaintext)),
         created_at: Set(Utc::now()),
         revoked_at: Set(None),
-        last_used_at: Set(None),
     }
     .insert(change.txn())
     .await?;
@@ -82,6 +81,12 @@ pub async fn list(db: &impl ConnectionTrait, params: PageParams) -> Result<Page<
     let select = admin_tokens::Entity::find().order_by_asc(admin_tokens::Column::Id);
     let (rows, total) = fetch_page(db, select, params).await?;
     Ok(Page::new(rows.into_iter().map(record).collect(), params, total))
+}
+
+pub async fn get(db: &impl ConnectionTrait, id: &str) -> Result<TokenRecord, StoreError> {
+    let model =
+        admin_tokens::Entity::find_by_id(id).one(db).await?.ok_or_else(|| StoreError::not_found("token", id))?;
+    Ok(record(model))
 }
 
 pub async fn revoke(change: &Change<'_>, id: &str) -> Result<TokenRecord, StoreError> {

@@ -234,13 +234,34 @@ pub async fn patch(
     patch: &serde_json::Value,
 ) -> Result<VersionRecord, StoreError> {
     let model = find(change.txn(), api, id_or_label).await?;
-    lifecycle::ensure_editable(state_of(&model))?;
-    let input = patched(&input_of(&model), patch)?;
+    let state = state_of(&model);
+    lifecycle::ensure_editable(state)?;
+    // `sunset_at` is not part of the create body: it is set by deprecating, and only
+    // a deprecated version's sunset may be moved here.
+    let mut patch = patch.clone();
+    let sunset = patch.as_object_mut().and_then(|o| o.remove("sunset_at"));
+    let sunset_at = match sunset {
+        None => model.sunset_at,
+        Some(_) if state != VersionState::Deprecated => {
+            return Err(StoreError::invalid(
+                "sunset_at",
+                "only a deprecated version has a sunset date; deprecate it to set one",
+            ));
+        }
+        Some(value) => {
+            let at: DateTime<Utc> = serde_json::from_value(value)
+                .map_err(|e| StoreError::invalid("sunset_at", format!("must be an RFC 3339 date-time: {e}")))?;
+            lifecycle::check_sunset(at, Utc::now())?;
+            Some(crate::json::stored_precision(at))
+        }
+    };
+    let input = patched(&input_of(&model), &patch)?;
     let (base_path, upstream_id) = resolve(change.txn(), api, &input, Some(&model.id)).await?;
-    if upstream_id.is_none() && state_of(&model).is_live() {
+    if upstream_id.is_none() && state.is_live() {
         return Err(StoreError::invalid("upstream_id", "a published or deprecated version needs an upstream"));
     }
     let mut active: api_versions::ActiveModel = model.into();
+    active.sunset_at = Set(sunset_at);
     active.label = Set(input.label.clone());
     active.base_path = Set(base_path);
     active.upstream_id = Set(upstream_id);

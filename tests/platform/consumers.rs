@@ -340,7 +340,22 @@ on_both_stores! {
             refused(&app, app.post(&keys, json!({"name": "old", "expires_at": yesterday}))).await.problem(422);
         assert_eq!(problem["errors"][0]["field"], "expires_at", "{problem}");
 
-        let revoked = accepted(&app, app.delete(&format!("{keys}/{}", id(&created)))).await.expect(200);
+        // One key can be read, renamed and given an expiry; the key itself never comes back.
+        let one = format!("{keys}/{}", id(&created));
+        let fetched = app.get(&one).await;
+        assert!(!fetched.text().contains(&key));
+        assert_eq!(fetched.expect(200)["name"], "ci");
+        let next_year = (chrono::Utc::now() + chrono::Duration::days(365)).to_rfc3339();
+        let renamed =
+            accepted(&app, app.patch(&one, json!({"name": "ci-2", "expires_at": next_year}))).await.expect(200);
+        assert_eq!(renamed["name"], "ci-2");
+        assert!(renamed["expires_at"].is_string(), "{renamed}");
+        let problem = refused(&app, app.patch(&one, json!({"expires_at": yesterday.clone()}))).await.problem(422);
+        assert_eq!(problem["errors"][0]["field"], "expires_at", "{problem}");
+        refused(&app, app.patch(&one, json!({"key": "tpk_x"}))).await.problem(422);
+
+        let revoked = accepted(&app, app.delete(&one)).await.expect(200);
+        refused(&app, app.patch(&one, json!({"name": "after"}))).await.problem(409);
         assert!(revoked["revoked_at"].is_string(), "{revoked}");
         assert!(app.get(&keys).await.expect(200)["items"][0]["revoked_at"].is_string());
         assert_eq!(app.get(&keys).await.expect(200)["total"], 1);
@@ -353,6 +368,11 @@ on_both_stores! {
         let created = accepted(&app, app.post("/admin/v1/tokens", json!({"name": "ci-deploy"}))).await.expect(201);
         let token = created["token"].as_str().unwrap().to_owned();
         assert!(token.starts_with(&format!("tpa_{}_", created["prefix"].as_str().unwrap())), "{token}");
+
+        let fetched = app.get(&format!("/admin/v1/tokens/{}", id(&created))).await;
+        assert!(!fetched.text().contains(&token), "the token is shown again");
+        assert_eq!(fetched.expect(200)["name"], "ci-deploy");
+        app.get("/admin/v1/tokens/no-such-token").await.problem(404);
 
         let reply = app.send(Method::GET, "/admin/v1/apis", None, Some(&token)).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -377,6 +397,11 @@ on_both_stores! {
 
         let revoked = accepted(&app, app.delete(&format!("/admin/v1/tokens/{}", id(&created)))).await.expect(200);
         assert!(revoked["revoked_at"].is_string(), "{revoked}");
+
+        let fetched = app.get(&format!("/admin/v1/tokens/{}", id(&created))).await;
+        assert!(!fetched.text().contains(&token), "the token is shown again");
+        assert_eq!(fetched.expect(200)["name"], "ci-deploy");
+        app.get("/admin/v1/tokens/no-such-token").await.problem(404);
 
         let reply = app.send(Method::GET, "/admin/v1/apis", None, Some(&token)).await;
         assert_unauthorized(&reply, "a revoked token");

@@ -372,3 +372,29 @@ on_both_stores! {
         app.call(Method::GET, "/move/v1/pets").await.problem(404);
     }
 }
+
+on_both_stores! {
+    async fn a_deprecated_versions_sunset_can_be_moved_but_not_into_the_past(app) {
+        let upstream = Upstream::start("sunset").await;
+        let slug = app.draft_api("sunset", &upstream.url).await;
+        let path = format!("/admin/v1/apis/{slug}/versions/v1");
+        // Not deprecated yet: there is no sunset to move.
+        refused(&app, app.patch(&path, json!({"sunset_at": in_days(10)}))).await.problem(422);
+        app.post(&format!("{path}/publish"), json!({})).await.expect(200);
+        app.post(&format!("{path}/deprecate"), json!({"sunset_at": in_days(10)})).await.expect(200);
+
+        refused(&app, app.patch(&path, json!({"sunset_at": in_days(-1)}))).await.problem(422);
+        refused(&app, app.patch(&path, json!({"sunset_at": "soon"}))).await.problem(422);
+        let later = in_days(60);
+        let moved = accepted(&app, app.patch(&path, json!({"sunset_at": later}))).await.expect(200);
+        let stored: chrono::DateTime<Utc> = moved["sunset_at"].as_str().unwrap().parse().unwrap();
+        let wanted: chrono::DateTime<Utc> = later.parse().unwrap();
+        assert!((stored - wanted).num_milliseconds().abs() < 1, "{stored} vs {wanted}");
+        assert_eq!(moved["state"], "deprecated");
+
+        let reply = app.call(Method::GET, "/sunset/v1/anything").await;
+        reply.expect(200);
+        let header = reply.headers.get("sunset").unwrap().to_str().unwrap().to_owned();
+        assert_eq!(header, wanted.format("%a, %d %b %Y %H:%M:%S GMT").to_string());
+    }
+}

@@ -26,7 +26,7 @@ pub fn router() -> OpenApiRouter<AdminState> {
         .routes(routes!(list_applications, create_application))
         .routes(routes!(get_application, patch_application, delete_application))
         .routes(routes!(list_keys, create_key))
-        .routes(routes!(revoke_key))
+        .routes(routes!(get_key, patch_key, revoke_key))
         .routes(routes!(list_subscriptions, create_subscription))
         .routes(routes!(get_subscription, delete_subscription))
         .routes(routes!(approve_subscription))
@@ -206,7 +206,40 @@ async fn create_key(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-/// Revoke an API key.
+#[utoipa::path(get, path = "/admin/v1/applications/{id}/keys/{key}", tag = "keys",
+    params(("id" = String, Path, description = "Application id"), ("key" = String, Path, description = "Key id")),
+    responses((status = 200, body = KeyRecord), (status = 404, body = Problem)))]
+async fn get_key(
+    State(app): State<AdminState>,
+    _admin: Admin,
+    Segments((id, key)): Segments<(String, String)>,
+) -> Result<Json<KeyRecord>, Problem> {
+    let db = app.store.db();
+    let application = applications::find(db, &id).await?;
+    Ok(Json(keys::get(db, &application, &key).await?))
+}
+
+/// Rename a key or change its expiry with a JSON merge patch (RFC 7396).
+#[utoipa::path(patch, path = "/admin/v1/applications/{id}/keys/{key}", tag = "keys",
+    params(("id" = String, Path, description = "Application id"), ("key" = String, Path, description = "Key id")),
+    request_body(content = Object, description = "JSON merge patch of name and expires_at"),
+    responses((status = 200, body = KeyRecord), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn patch_key(
+    State(app): State<AdminState>,
+    admin: Admin,
+    Segments((id, key)): Segments<(String, String)>,
+    Body(patch): Body<serde_json::Value>,
+) -> Result<Json<KeyRecord>, Problem> {
+    let record = app
+        .write(&admin, async |c| {
+            let application = applications::find(c.txn(), &id).await?;
+            keys::patch(c, &application, &key, &patch).await
+        })
+        .await?;
+    Ok(Json(record))
+}
+
+/// Revoke an API key (it is kept, marked revoked, for the record).
 #[utoipa::path(delete, path = "/admin/v1/applications/{id}/keys/{key}", tag = "keys",
     params(("id" = String, Path, description = "Application id"), ("key" = String, Path, description = "Key id")),
     responses((status = 200, body = KeyRecord), (status = 404, body = Problem)))]

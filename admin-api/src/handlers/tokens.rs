@@ -14,7 +14,7 @@ use crate::extract::{Body, Params, Segments};
 use crate::problem::Problem;
 
 pub fn router() -> OpenApiRouter<AdminState> {
-    OpenApiRouter::new().routes(routes!(list_tokens, create_token)).routes(routes!(revoke_token))
+    OpenApiRouter::new().routes(routes!(list_tokens, create_token)).routes(routes!(get_token, revoke_token))
 }
 
 /// List admin tokens (never their secrets).
@@ -38,6 +38,17 @@ async fn create_token(
 ) -> Result<(StatusCode, Json<CreatedToken>), Problem> {
     let created = app.write(&admin, async |c| tokens::create(c, &app.hasher, input).await).await?;
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+#[utoipa::path(get, path = "/admin/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "Token id")),
+    responses((status = 200, body = TokenRecord), (status = 404, body = Problem)))]
+async fn get_token(
+    State(app): State<AdminState>,
+    _admin: Admin,
+    Segments(id): Segments<String>,
+) -> Result<Json<TokenRecord>, Problem> {
+    Ok(Json(tokens::get(app.store.db(), &id).await?))
 }
 
 /// Revoke an admin token; it stops working at once.

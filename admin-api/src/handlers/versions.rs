@@ -94,10 +94,11 @@ async fn get_version(
     Ok(Json(versions::get(db, &api, &version).await?))
 }
 
-/// Update a version's label, base path or upstream with a JSON merge patch (RFC 7396).
+/// Update a version's label, base path or upstream with a JSON merge patch (RFC 7396);
+/// on a deprecated version, `sunset_at` moves its sunset date (it must stay in the future).
 #[utoipa::path(patch, path = "/admin/v1/apis/{api}/versions/{version}", tag = "versions",
     params(("api" = String, Path, description = "API id or slug"), ("version" = String, Path, description = "Version id or label")),
-    request_body(content = Object, description = "JSON merge patch of label, base_path, upstream_id"),
+    request_body(content = Object, description = "JSON merge patch of label, base_path, upstream_id (and sunset_at when deprecated)"),
     responses((status = 200, body = VersionRecord), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn patch_version(
     State(app): State<AdminState>,
