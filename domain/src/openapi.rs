@@ -427,7 +427,7 @@ mod tests {
     use super::*;
 
     fn fixtures_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/openapi")
+        turnpike_testkit::fixtures_dir().join("openapi")
     }
 
     fn fixture(name: &str) -> String {
