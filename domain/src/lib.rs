@@ -5,6 +5,7 @@
 pub mod lifecycle;
 pub mod model;
 pub mod openapi;
+pub mod policy;
 pub mod secrets;
 pub mod snapshot;
 pub mod subscription;

@@ -174,6 +174,88 @@ pub struct UpstreamSpec {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub health_check: HealthCheck,
+    /// Passive health: targets that keep failing are ejected for a while.
+    #[serde(default)]
+    pub outlier_detection: OutlierDetection,
+    /// Per-target circuit breaker.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreaker,
+    #[serde(default)]
+    pub retries: Retries,
+    /// How `https://` targets are verified.
+    #[serde(default)]
+    pub tls: UpstreamTls,
+}
+
+/// Passive outlier detection: consecutive failures (connect errors, timeouts, 5xx)
+/// eject a target for a back-off period that doubles each time, up to ten times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierDetection {
+    pub enabled: bool,
+    pub consecutive_failures: u32,
+    pub base_ejection_ms: u64,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection { enabled: true, consecutive_failures: 5, base_ejection_ms: 30_000 }
+    }
+}
+
+/// A circuit breaker per target: after `failure_threshold` consecutive failures it
+/// opens for `open_ms`, then lets `half_open_requests` trial requests through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreaker {
+    pub enabled: bool,
+    pub failure_threshold: u32,
+    pub open_ms: u64,
+    pub half_open_requests: u32,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        CircuitBreaker { enabled: true, failure_threshold: 10, open_ms: 10_000, half_open_requests: 1 }
+    }
+}
+
+/// Retries of idempotent requests on another target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct Retries {
+    /// Extra attempts after the first one; 0 disables retries.
+    pub attempts: u32,
+    /// Retries may add at most this percentage to the upstream's request rate.
+    pub budget_percent: u32,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries { attempts: 2, budget_percent: 20 }
+    }
+}
+
+/// Verification of `https://` upstream targets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTls {
+    /// Verify the target's certificate chain and name (turn off only for testing).
+    pub verify: bool,
+    /// PEM of extra CA certificates to trust, besides the system's.
+    pub ca_pem: Option<String>,
+    /// Name to present (SNI) and verify, instead of the target's host.
+    pub server_name: Option<String>,
+}
+
+impl Default for UpstreamTls {
+    fn default() -> Self {
+        UpstreamTls { verify: true, ca_pem: None, server_name: None }
+    }
 }
 
 /// A route of an API version: which requests under the version's base path it takes.

@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::{RouteSpec, UpstreamSpec, VersionState};
+use crate::model::{Quota, RateLimit, RouteSpec, UpstreamSpec, VersionState};
+use crate::policy::Policies;
 
 /// An upstream as the gateway sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +44,32 @@ pub struct SnapshotVersion {
     /// Base path of the newest live version of the same API, for `Link: rel=successor-version`.
     pub successor_base_path: Option<String>,
     pub routes: Vec<SnapshotRoute>,
+    pub policies: Policies,
+}
+
+/// A plan's limits, applied to every consumer subscribed under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPlan {
+    pub id: String,
+    pub slug: String,
+    pub rate_limit: Option<RateLimit>,
+    pub quota: Option<Quota>,
+}
+
+/// A TLS certificate the gateway presents for the hosts it names (chosen by SNI).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotCertificate {
+    pub id: String,
+    /// Exact (`api.example.com`) or wildcard (`*.example.com`) host names.
+    pub hosts: Vec<String>,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for SnapshotCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotCertificate").field("id", &self.id).field("hosts", &self.hosts).finish_non_exhaustive()
+    }
 }
 
 /// What the gateway needs, without version or checksum. Lists are kept sorted by id
@@ -51,6 +78,10 @@ pub struct SnapshotVersion {
 pub struct SnapshotContent {
     pub versions: Vec<SnapshotVersion>,
     pub upstreams: Vec<SnapshotUpstream>,
+    #[serde(default)]
+    pub plans: Vec<SnapshotPlan>,
+    #[serde(default)]
+    pub certificates: Vec<SnapshotCertificate>,
 }
 
 impl SnapshotContent {
@@ -58,6 +89,8 @@ impl SnapshotContent {
     pub fn canonicalize(&mut self) {
         self.upstreams.sort_by(|a, b| a.id.cmp(&b.id));
         self.versions.sort_by(|a, b| a.id.cmp(&b.id));
+        self.plans.sort_by(|a, b| a.id.cmp(&b.id));
+        self.certificates.sort_by(|a, b| a.id.cmp(&b.id));
         for v in &mut self.versions {
             v.routes.sort_by(|a, b| a.id.cmp(&b.id));
         }
@@ -140,6 +173,10 @@ mod tests {
                 hash_on: None,
                 timeouts: Default::default(),
                 health_check: Default::default(),
+                outlier_detection: Default::default(),
+                circuit_breaker: Default::default(),
+                retries: Default::default(),
+                tls: Default::default(),
             },
         });
         assert!(matches!(bad.verify(), Err(SnapshotError::ChecksumMismatch { .. })));

@@ -771,6 +771,10 @@ mod tests {
             hash_on: None,
             timeouts: Timeouts::default(),
             health_check: HealthCheck::default(),
+            outlier_detection: Default::default(),
+            circuit_breaker: Default::default(),
+            retries: Default::default(),
+            tls: Default::default(),
         }
     }
 

@@ -189,6 +189,10 @@ fn upstream(id: &str, targets: &[(String, u32)]) -> SnapshotUpstream {
             hash_on: None,
             timeouts: Default::default(),
             health_check: Default::default(),
+            outlier_detection: Default::default(),
+            circuit_breaker: Default::default(),
+            retries: Default::default(),
+            tls: Default::default(),
         },
     }
 }
@@ -212,11 +216,12 @@ fn version(
         deprecated_at: None,
         successor_base_path: None,
         routes,
+        policies: Default::default(),
     }
 }
 
 fn content(versions: Vec<SnapshotVersion>, upstreams: Vec<SnapshotUpstream>) -> SnapshotContent {
-    SnapshotContent { versions, upstreams }
+    SnapshotContent { versions, upstreams, plans: vec![], certificates: vec![] }
 }
 
 /// One published version at `/pets/v1` taking everything, to `echo`.

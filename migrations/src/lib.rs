@@ -8,12 +8,13 @@ use sea_orm_migration::prelude::*;
 pub use sea_orm_migration::MigratorTrait;
 
 mod m20261127_000001_init;
+mod m20261127_000002_policies_certificates;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261127_000001_init::Migration)]
+        vec![Box::new(m20261127_000001_init::Migration), Box::new(m20261127_000002_policies_certificates::Migration)]
     }
 }

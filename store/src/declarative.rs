@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use turnpike_domain::lifecycle;
 use turnpike_domain::model::{RouteSpec, UpstreamSpec, VersionState};
 use turnpike_domain::openapi;
+use turnpike_domain::policy::{self, Policies};
 use turnpike_domain::validate::{self, ValidationError, Validator};
 
 use crate::apis::ApiInput;
@@ -65,9 +66,15 @@ pub struct VersionDocument {
     pub successor: Option<String>,
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub policies: Policies,
     /// The stored OpenAPI document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openapi: Option<serde_json::Value>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl ApiDocument {
@@ -130,6 +137,7 @@ pub async fn export(db: &impl ConnectionTrait) -> Result<Document, StoreError> {
                     .map(|t| from_text("api_versions.openapi_document", t))
                     .transpose()?,
                 routes: canonical_routes(routes),
+                policies: crate::versions::policies_of(&v),
                 label: v.label,
                 base_path: v.base_path,
                 sunset_at: v.sunset_at,
@@ -160,7 +168,7 @@ pub enum Step {
     /// Create or update a version of the API `api_slug`; `changes` says what differs.
     PutVersion {
         api_slug: String,
-        version: VersionDocument,
+        version: Box<VersionDocument>,
         exists: bool,
         changes: Vec<String>,
     },
@@ -266,6 +274,7 @@ fn check_document(doc: &Document, stored_upstreams: &BTreeSet<String>) -> Result
             v.check_all(one(&at, validate::label("label", &ver.label)));
             v.check_all(one(&at, validate::base_path("base_path", &ver.base_path)));
             base_paths.push((format!("{at}.base_path"), ver.base_path.as_str()));
+            v.check_all(prefixed(&at, policy::validate(&ver.policies)));
             for (k, route) in ver.routes.iter().enumerate() {
                 v.check_all(prefixed(&format!("{at}.routes[{k}]"), validate::route(route)));
             }
@@ -398,7 +407,7 @@ pub async fn plan(db: &impl ConnectionTrait, doc: &Document) -> Result<Plan, Sto
             let Some(existing) = old_versions.get(ver.label.as_str()) else {
                 note(Some(Step::PutVersion {
                     api_slug: api.slug.clone(),
-                    version: desired,
+                    version: Box::new(desired),
                     exists: false,
                     changes: vec![],
                 }));
@@ -426,7 +435,7 @@ pub async fn plan(db: &impl ConnectionTrait, doc: &Document) -> Result<Plan, Sto
             }
             note((!changes.is_empty()).then(|| Step::PutVersion {
                 api_slug: api.slug.clone(),
-                version: desired,
+                version: Box::new(desired),
                 exists: true,
                 changes,
             }));
@@ -458,6 +467,9 @@ fn version_changes(old: &VersionDocument, new: &VersionDocument) -> Vec<String> 
     if old.routes != new.routes {
         changes.push(format!("routes {} -> {}", old.routes.len(), new.routes.len()));
     }
+    if old.policies != new.policies {
+        changes.push("policies".into());
+    }
     if old.openapi != new.openapi {
         changes.push("openapi document".into());
     }
@@ -482,6 +494,7 @@ pub async fn apply(change: &Change<'_>, plan: &Plan) -> Result<(), StoreError> {
                     label: version.label.clone(),
                     base_path: Some(version.base_path.clone()),
                     upstream_id: version.upstream.clone(),
+                    policies: version.policies.clone(),
                 };
                 let id = if *exists {
                     let model = versions::find(db, &api, &version.label).await?;
@@ -548,6 +561,7 @@ async fn put_version_content(change: &Change<'_>, id: &str, version: &VersionDoc
     active.state = Set(version.state.as_str().into());
     active.sunset_at = Set(version.sunset_at);
     active.openapi_document = Set(version.openapi.as_ref().map(|d| d.to_string()));
+    active.policies = Set(crate::json::to_text(&version.policies));
     match version.state {
         VersionState::Deprecated if was != VersionState::Deprecated => active.deprecated_at = Set(Some(now)),
         VersionState::Draft | VersionState::Published => active.deprecated_at = Set(None),

@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 use turnpike_domain::model::VersionState;
-use turnpike_domain::snapshot::{Snapshot, SnapshotContent, SnapshotRoute, SnapshotUpstream, SnapshotVersion};
+use turnpike_domain::snapshot::{
+    Snapshot, SnapshotCertificate, SnapshotContent, SnapshotPlan, SnapshotRoute, SnapshotUpstream, SnapshotVersion,
+};
 
 use crate::StoreError;
-use crate::entities::{api_versions, apis, routes, snapshots, upstreams};
+use crate::entities::{api_versions, apis, certificates, plans, routes, snapshots, upstreams};
 use crate::json::{from_text, to_text};
 use crate::versions::state_of;
 
@@ -44,6 +46,7 @@ pub async fn compile_content(db: &impl ConnectionTrait) -> Result<SnapshotConten
     let versions = versions
         .into_iter()
         .map(|v| SnapshotVersion {
+            policies: crate::versions::policies_of(&v),
             state: state_of(&v),
             api_slug: slugs.get(&v.api_id).cloned().unwrap_or_default(),
             successor_base_path: v.successor_id.as_ref().and_then(|id| live_base_paths.get(id).cloned()),
@@ -57,7 +60,34 @@ pub async fn compile_content(db: &impl ConnectionTrait) -> Result<SnapshotConten
             deprecated_at: v.deprecated_at,
         })
         .collect();
-    let mut content = SnapshotContent { versions, upstreams };
+    let plans = plans::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|p| {
+            let record = crate::plans::record(p)?;
+            Ok(SnapshotPlan {
+                id: record.id,
+                slug: record.input.slug,
+                rate_limit: record.input.rate_limit,
+                quota: record.input.quota,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let certificates = certificates::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|c| {
+            Ok(SnapshotCertificate {
+                hosts: from_text("certificates.hosts", &c.hosts)?,
+                id: c.id,
+                cert_pem: c.cert_pem,
+                key_pem: c.key_pem,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let mut content = SnapshotContent { versions, upstreams, plans, certificates };
     content.canonicalize();
     Ok(content)
 }

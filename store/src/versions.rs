@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use turnpike_domain::lifecycle::{self, Transition};
 use turnpike_domain::model::VersionState;
 use turnpike_domain::openapi;
+use turnpike_domain::policy::{self, Policies};
 use turnpike_domain::validate::{self, ValidationError};
 
 use crate::entities::{api_versions, apis, routes};
@@ -30,6 +31,9 @@ pub struct VersionInput {
     /// Upstream id or name that receives the version's traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_id: Option<String>,
+    /// Authentication, limits, CORS, caching and transforms applied by the gateway.
+    #[serde(default)]
+    pub policies: Policies,
 }
 
 /// Body of a lifecycle action.
@@ -70,6 +74,7 @@ pub struct VersionRecord {
     pub successor_id: Option<String>,
     /// Whether an OpenAPI document is stored for this version.
     pub has_openapi_document: bool,
+    pub policies: Policies,
     /// Lifecycle actions possible from the current state.
     pub allowed_transitions: Vec<Transition>,
     pub created_at: DateTime<Utc>,
@@ -84,6 +89,7 @@ pub(crate) fn state_of(m: &api_versions::Model) -> VersionState {
 pub(crate) fn record(m: api_versions::Model, api_slug: &str) -> VersionRecord {
     let state = state_of(&m);
     VersionRecord {
+        policies: policies_of(&m),
         allowed_transitions: lifecycle::allowed_transitions(state).to_vec(),
         has_openapi_document: m.openapi_document.is_some(),
         id: m.id,
@@ -99,6 +105,11 @@ pub(crate) fn record(m: api_versions::Model, api_slug: &str) -> VersionRecord {
         created_at: m.created_at,
         updated_at: m.updated_at,
     }
+}
+
+/// The version's policies; the column is only ever written from [`Policies`].
+pub(crate) fn policies_of(m: &api_versions::Model) -> Policies {
+    serde_json::from_str(&m.policies).unwrap_or_default()
 }
 
 pub fn default_base_path(api_slug: &str, label: &str) -> String {
@@ -154,6 +165,9 @@ async fn resolve(
     let mut errors: Vec<ValidationError> = Vec::new();
     errors.extend(validate::label("label", &input.label).err());
     errors.extend(validate::base_path("base_path", &base_path).err());
+    if let Err(mut e) = policy::validate(&input.policies) {
+        errors.append(&mut e);
+    }
     if !errors.is_empty() {
         return Err(StoreError::Invalid(errors));
     }
@@ -210,6 +224,7 @@ async fn insert_draft(
         sunset_at: Set(None),
         deprecated_at: Set(None),
         successor_id: Set(None),
+        policies: Set(crate::json::to_text(&input.policies)),
         created_at: Set(now),
         updated_at: Set(now),
     }
@@ -224,7 +239,12 @@ pub async fn create(change: &Change<'_>, api: &apis::Model, input: VersionInput)
 }
 
 fn input_of(m: &api_versions::Model) -> VersionInput {
-    VersionInput { label: m.label.clone(), base_path: Some(m.base_path.clone()), upstream_id: m.upstream_id.clone() }
+    VersionInput {
+        label: m.label.clone(),
+        base_path: Some(m.base_path.clone()),
+        upstream_id: m.upstream_id.clone(),
+        policies: policies_of(m),
+    }
 }
 
 pub async fn patch(
@@ -265,6 +285,7 @@ pub async fn patch(
     active.label = Set(input.label.clone());
     active.base_path = Set(base_path);
     active.upstream_id = Set(upstream_id);
+    active.policies = Set(crate::json::to_text(&input.policies));
     active.updated_at = Set(Utc::now());
     let model = active.update(change.txn()).await?;
     change.audit("version.update", "version", &model.id, patch.clone()).await?;
@@ -362,8 +383,12 @@ pub async fn copy(
     input: CopyInput,
 ) -> Result<VersionRecord, StoreError> {
     let source = find(change.txn(), api, id_or_label).await?;
-    let new_input =
-        VersionInput { label: input.label, base_path: input.base_path, upstream_id: source.upstream_id.clone() };
+    let new_input = VersionInput {
+        label: input.label,
+        base_path: input.base_path,
+        upstream_id: source.upstream_id.clone(),
+        policies: policies_of(&source),
+    };
     let model = insert_draft(change, api, &new_input, source.openapi_document.clone()).await?;
     let source_routes =
         routes::Entity::find().filter(routes::Column::VersionId.eq(source.id.clone())).all(change.txn()).await?;
@@ -424,7 +449,12 @@ pub async fn import_openapi(
             (active.update(change.txn()).await?, false)
         }
         None => {
-            let input = VersionInput { label: label.to_owned(), base_path: None, upstream_id: None };
+            let input = VersionInput {
+                label: label.to_owned(),
+                base_path: None,
+                upstream_id: None,
+                policies: Policies::default(),
+            };
             (insert_draft(change, api, &input, Some(document)).await?, true)
         }
     };

@@ -18,6 +18,8 @@ pub struct Model {
     pub sunset_at: Option<DateTimeUtc>,
     pub deprecated_at: Option<DateTimeUtc>,
     pub successor_id: Option<String>,
+    #[sea_orm(column_type = "Text")]
+    pub policies: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

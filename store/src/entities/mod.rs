@@ -7,6 +7,7 @@ pub mod api_versions;
 pub mod apis;
 pub mod applications;
 pub mod audit_log;
+pub mod certificates;
 pub mod developers;
 pub mod plans;
 pub mod routes;
