@@ -67,6 +67,30 @@ pub struct GatewayConfig {
     /// consumers can never reach it.
     #[serde(deserialize_with = "values::de_socket_addr")]
     pub status_listen: SocketAddr,
+    /// Where HTTPS requests are accepted (TLS terminated, certificate chosen by SNI from those
+    /// managed through the admin API); no TLS listener when unset.
+    #[serde(deserialize_with = "values::de_opt_socket_addr")]
+    pub tls_listen: Option<SocketAddr>,
+    /// Peers (load balancers, CDNs) whose `X-Forwarded-*` and `Forwarded` headers are believed;
+    /// everyone else's are replaced.
+    pub trusted_proxies: Vec<turnpike_gateway::Cidr>,
+    /// Largest request head (request line and headers), in bytes: 431 beyond it.
+    #[serde(deserialize_with = "values::de_at_least_one")]
+    pub max_header_bytes: usize,
+    /// Most header fields in a request: 431 beyond it.
+    #[serde(deserialize_with = "values::de_at_least_one")]
+    pub max_headers: usize,
+    /// Longest request target (path and query), in bytes: 414 beyond it.
+    #[serde(deserialize_with = "values::de_at_least_one")]
+    pub max_uri_bytes: usize,
+    /// Seconds a client has to send a request head: 408 and the connection closed beyond it.
+    #[serde(deserialize_with = "values::de_at_least_one")]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may sit without a request before it is closed.
+    #[serde(deserialize_with = "values::de_at_least_one")]
+    pub idle_timeout_secs: u64,
+    /// Largest request body for API versions whose policies set none; no limit when unset.
+    pub max_body_bytes: Option<std::num::NonZeroU64>,
 }
 
 /// The admin API and admin console.
@@ -143,7 +167,34 @@ impl Default for DatabaseConfig {
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        Self { listen: localhost(8000), status_listen: localhost(8002) }
+        let proxy = turnpike_gateway::Settings::default();
+        Self {
+            listen: localhost(8000),
+            status_listen: localhost(8002),
+            tls_listen: None,
+            trusted_proxies: proxy.trusted_proxies,
+            max_header_bytes: proxy.max_header_bytes,
+            max_headers: proxy.max_headers,
+            max_uri_bytes: proxy.max_uri_bytes,
+            header_read_timeout_secs: proxy.header_read_timeout.as_secs(),
+            idle_timeout_secs: proxy.idle_timeout.as_secs(),
+            max_body_bytes: None,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The proxy listener's settings.
+    pub fn proxy_settings(&self) -> turnpike_gateway::Settings {
+        turnpike_gateway::Settings {
+            trusted_proxies: self.trusted_proxies.clone(),
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            max_uri_bytes: self.max_uri_bytes,
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+            max_body_bytes: self.max_body_bytes.map(std::num::NonZeroU64::get),
+        }
     }
 }
 
@@ -252,6 +303,9 @@ impl Config {
                 Plane::Gateway => {
                     listeners.push(("gateway.listen", self.gateway.listen));
                     listeners.push(("gateway.status_listen", self.gateway.status_listen));
+                    if let Some(tls) = self.gateway.tls_listen {
+                        listeners.push(("gateway.tls_listen", tls));
+                    }
                 }
                 Plane::Admin => listeners.push(("admin.listen", self.admin.listen)),
                 Plane::Portal => listeners.push(("portal.listen", self.portal.listen)),
@@ -451,6 +505,14 @@ mod tests {
                 ("TURNPIKE_DATABASE_MAX_CONNECTIONS", "4"),
                 ("TURNPIKE_GATEWAY_LISTEN", "127.0.0.1:1"),
                 ("TURNPIKE_GATEWAY_STATUS_LISTEN", "127.0.0.1:2"),
+                ("TURNPIKE_GATEWAY_TLS_LISTEN", "127.0.0.1:5"),
+                ("TURNPIKE_GATEWAY_TRUSTED_PROXIES", "10.0.0.0/8, ::1"),
+                ("TURNPIKE_GATEWAY_MAX_HEADER_BYTES", "8192"),
+                ("TURNPIKE_GATEWAY_MAX_HEADERS", "50"),
+                ("TURNPIKE_GATEWAY_MAX_URI_BYTES", "2048"),
+                ("TURNPIKE_GATEWAY_HEADER_READ_TIMEOUT_SECS", "5"),
+                ("TURNPIKE_GATEWAY_IDLE_TIMEOUT_SECS", "30"),
+                ("TURNPIKE_GATEWAY_MAX_BODY_BYTES", "1048576"),
                 ("TURNPIKE_ADMIN_LISTEN", "127.0.0.1:3"),
                 ("TURNPIKE_ADMIN_MAX_BODY_BYTES", "1024"),
                 ("TURNPIKE_PORTAL_LISTEN", "127.0.0.1:4"),
@@ -463,7 +525,18 @@ mod tests {
         let expected = Config {
             data_dir: "/d".into(),
             database: DatabaseConfig { url: Some("postgres://db/tp".parse().unwrap()), max_connections: 4 },
-            gateway: GatewayConfig { listen: localhost(1), status_listen: localhost(2) },
+            gateway: GatewayConfig {
+                listen: localhost(1),
+                status_listen: localhost(2),
+                tls_listen: Some(localhost(5)),
+                trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()],
+                max_header_bytes: 8192,
+                max_headers: 50,
+                max_uri_bytes: 2048,
+                header_read_timeout_secs: 5,
+                idle_timeout_secs: 30,
+                max_body_bytes: std::num::NonZeroU64::new(1_048_576),
+            },
             admin: AdminConfig { listen: localhost(3), max_body_bytes: 1024 },
             portal: PortalConfig { listen: localhost(4) },
             secret: SecretConfig { key: None, key_file: Some("/run/secrets/tp".into()) },
@@ -472,6 +545,33 @@ mod tests {
         assert_eq!(config, expected);
         let config = load("", &[("TURNPIKE_SECRET_KEY", KEY_HEX)]).unwrap();
         assert_eq!(config.secret.key.unwrap().as_bytes()[31], 0x1f);
+    }
+
+    #[test]
+    fn gateway_options_become_the_proxy_settings() {
+        assert_eq!(Config::default().gateway.proxy_settings(), turnpike_gateway::Settings::default());
+        let file = "[gateway]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nmax_body_bytes = 5\n";
+        let config = load(file, &[("TURNPIKE_GATEWAY_IDLE_TIMEOUT_SECS", "7")]).unwrap();
+        let settings = config.gateway.proxy_settings();
+        assert_eq!(settings.trusted_proxies, ["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()]);
+        assert_eq!(settings.max_body_bytes, Some(5));
+        assert_eq!(settings.idle_timeout, std::time::Duration::from_secs(7));
+
+        let err = load_err("[gateway]\ntrusted_proxies = [\"10.0.0.300/8\"]\n", &[]);
+        assert!(err.starts_with("gateway.trusted_proxies[0] (turnpike.toml, line 2): "), "{err}");
+        assert!(err.contains("is not an IP address or CIDR block"), "{err}");
+        let err = load_err("", &[("TURNPIKE_GATEWAY_TRUSTED_PROXIES", "10.0.0.0/8, nonsense")]);
+        assert_eq!(
+            err,
+            "gateway.trusted_proxies (TURNPIKE_GATEWAY_TRUSTED_PROXIES): \"nonsense\" is not an IP address or CIDR block"
+        );
+        let err = load_err("[gateway]\nmax_body_bytes = 0\n", &[]);
+        assert!(err.starts_with("gateway.max_body_bytes (turnpike.toml, line 2): "), "{err}");
+        let err = load_err("", &[("TURNPIKE_GATEWAY_HEADER_READ_TIMEOUT_SECS", "0")]);
+        assert!(
+            err.starts_with("gateway.header_read_timeout_secs (TURNPIKE_GATEWAY_HEADER_READ_TIMEOUT_SECS): "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use turnpike_bus::credentials::InProcessCredentials;
 use turnpike_bus::{BusError, ConfigBus, InProcessBus};
 use turnpike_domain::secrets::{KeyHasher, generate_secret};
 use turnpike_store::{Actor, Store, snapshots, tokens};
@@ -149,20 +150,27 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
         }
     }
     publish_latest(&store, &bus).await?;
+    let credentials = Arc::new(InProcessCredentials::new());
+    credentials.replace_all(turnpike_store::credentials::load_all(store.db()).await?);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let mut urls = Vec::new();
 
     if runs(Plane::Gateway) {
-        let gateway = turnpike_gateway::ConfigStore::new();
+        let gateway = turnpike_gateway::ConfigStore::with_consumers(turnpike_gateway::consumer::Consumers {
+            credentials: credentials.clone(),
+            hasher: Some(hasher.clone()),
+            limiter: Arc::new(turnpike_gateway::ratelimit::LocalLimiter::default()),
+        });
         // The follower ends when the bus is dropped, at shutdown.
         tokio::spawn(gateway.clone().follow(bus.subscribe()));
         {
             // Changes made by other processes (other admin nodes, `config import`)
             // arrive through the shared store; this process's own admin writes are
             // published at once and make the poll a no-op.
-            let (store, bus, mut stop) = (store.clone(), bus.clone(), stop_rx.clone());
+            let (store, bus, credentials, mut stop) =
+                (store.clone(), bus.clone(), credentials.clone(), stop_rx.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(SNAPSHOT_POLL);
                 loop {
@@ -173,6 +181,12 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
                     if let Err(e) = publish_latest(&store, &bus).await {
                         tracing::warn!(error = %e, "could not read the newest snapshot; keeping the current one");
                     }
+                    // Whole-table reload: simple and bounded by the number of keys;
+                    // the Redis credential store replaces it for clusters.
+                    match turnpike_store::credentials::load_all(store.db()).await {
+                        Ok(all) => credentials.replace_all(all),
+                        Err(e) => tracing::warn!(error = %e, "could not reload credentials; keeping the current ones"),
+                    }
                 }
             });
         }
@@ -181,8 +195,15 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
         urls.push(format!("gateway       http://{}", proxy.local_addr()?));
         urls.push(format!("status        http://{}/status", status.local_addr()?));
         let shutdown = on_shutdown(&stop_rx);
-        let gw = gateway.clone();
-        tasks.spawn(async move { Ok(turnpike_gateway::serve_proxy(proxy, gw, shutdown).await?) });
+        let (gw, settings) = (gateway.clone(), config.gateway.proxy_settings());
+        tasks.spawn(async move { Ok(turnpike_gateway::serve_proxy(proxy, gw, settings, shutdown).await?) });
+        if config.gateway.tls_listen.is_some() {
+            let tls = take("gateway.tls_listen");
+            urls.push(format!("gateway TLS   https://{}", tls.local_addr()?));
+            let shutdown = on_shutdown(&stop_rx);
+            let (gw, settings) = (gateway.clone(), config.gateway.proxy_settings());
+            tasks.spawn(async move { Ok(turnpike_gateway::serve_tls_proxy(tls, gw, settings, shutdown).await?) });
+        }
         let shutdown = on_shutdown(&stop_rx);
         tasks.spawn(async move { Ok(turnpike_gateway::serve_status(status, gateway, shutdown).await?) });
     }
@@ -190,7 +211,8 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
         let listener = take("admin.listen");
         let addr = listener.local_addr()?;
         urls.push(format!("admin API     http://{addr}/admin/v1   (docs: http://{addr}/admin/docs)"));
-        let state = turnpike_admin_api::AdminState::new(store.clone(), bus.clone(), hasher.clone());
+        let state =
+            turnpike_admin_api::AdminState::new(store.clone(), bus.clone(), hasher.clone(), credentials.clone());
         let app = turnpike_admin_api::router(state, config.admin.max_body_bytes);
         let shutdown = on_shutdown(&stop_rx);
         tasks.spawn(async move { Ok(axum::serve(listener, app).with_graceful_shutdown(shutdown).await?) });

@@ -14,8 +14,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use turnpike_bus::ConfigBus;
+use turnpike_bus::credentials::InProcessCredentials;
 use turnpike_domain::secrets::KeyHasher;
-use turnpike_store::{Change, Store};
+use turnpike_store::{Change, Store, credentials};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -29,6 +30,8 @@ pub struct Inner {
     pub store: Arc<Store>,
     pub bus: Arc<dyn ConfigBus>,
     pub hasher: KeyHasher,
+    /// The gateway's credential table in this process, refreshed after every change.
+    pub credentials: Arc<InProcessCredentials>,
 }
 
 impl std::ops::Deref for AdminState {
@@ -39,8 +42,13 @@ impl std::ops::Deref for AdminState {
 }
 
 impl AdminState {
-    pub fn new(store: Arc<Store>, bus: Arc<dyn ConfigBus>, hasher: KeyHasher) -> Self {
-        AdminState(Arc::new(Inner { store, bus, hasher }))
+    pub fn new(
+        store: Arc<Store>,
+        bus: Arc<dyn ConfigBus>,
+        hasher: KeyHasher,
+        credentials: Arc<InProcessCredentials>,
+    ) -> Self {
+        AdminState(Arc::new(Inner { store, bus, hasher, credentials }))
     }
 
     /// Runs `f` as one change by `admin`: one transaction, its audit records, and the
@@ -66,6 +74,13 @@ impl AdminState {
                 tracing::warn!(version, error = %e, "snapshot stored but not published");
             }
         }
+        // Keys, subscriptions and their owners may have changed: the gateway must see
+        // a new key or a revocation at once. A failure here leaves the periodic reload
+        // of the binary to catch up.
+        match credentials::load_all(self.store.db()).await {
+            Ok(all) => self.credentials.replace_all(all),
+            Err(e) => tracing::warn!(error = %e, "credentials not refreshed after a change"),
+        }
         Ok(())
     }
 }
@@ -74,7 +89,8 @@ impl AdminState {
 #[openapi(
     info(
         title = "Turnpike admin API",
-        description = "Manage APIs, versions, routes, upstreams, plans, developers, applications, subscriptions and keys. \
+        description = "Manage APIs, versions, routes, upstreams, plans, developers, applications, subscriptions, keys \
+                       and the gateway's TLS certificates. \
                        Every route needs `Authorization: Bearer <admin token>`. Errors are RFC 9457 problem details.",
         license(name = "Apache-2.0")
     ),

@@ -5,6 +5,8 @@
 //! the same trait. Both refuse stale and corrupt snapshots at publication, and
 //! gateways check again on receipt, because a network bus may deliver anything.
 
+pub mod credentials;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

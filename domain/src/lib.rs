@@ -2,6 +2,8 @@
 //! Lifecycle transitions, input validation, OpenAPI import, key formats and
 //! configuration snapshots are plain functions here, tested without servers.
 
+pub mod certificate;
+pub mod credential;
 pub mod lifecycle;
 pub mod model;
 pub mod openapi;

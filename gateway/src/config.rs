@@ -10,11 +10,16 @@ use serde::Serialize;
 use tokio::sync::watch;
 use turnpike_bus::SnapshotReceiver;
 use turnpike_domain::model::VersionState;
-use turnpike_domain::snapshot::{Snapshot, SnapshotError};
+use turnpike_domain::policy::Policies;
+use turnpike_domain::snapshot::{Snapshot, SnapshotError, SnapshotPlan};
 
+use crate::consumer::Consumers;
 use crate::lifecycle::{Deprecation, deprecation_headers};
+use crate::policy::VersionPolicies;
+use crate::policy::cache::{DEFAULT_CAPACITY_BYTES, ResponseCache};
+use crate::registry::UpstreamRuntime;
 use crate::router::Router;
-use crate::upstream::{ClientCache, Upstream};
+use crate::upstream::Upstream;
 
 /// Why a snapshot was not applied. The current configuration stays in place.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,6 +36,10 @@ pub struct CompiledConfig {
     version: u64,
     checksum: String,
     pub(crate) router: Router<Arc<RoutedVersion>>,
+    /// Plans by id, for the limits of authenticated consumers.
+    pub(crate) plans: HashMap<String, SnapshotPlan>,
+    /// TLS certificates by host, for the TLS listener's SNI choice.
+    pub(crate) certificates: crate::tls::Certificates,
 }
 
 impl CompiledConfig {
@@ -51,6 +60,10 @@ pub(crate) struct RoutedVersion {
     pub upstream: Option<Arc<Upstream>>,
     /// Added to every response of the version (lifecycle announcements).
     pub response_headers: HeaderMap,
+    /// The version's policies as configured; phases compile what they need from them.
+    pub policies: Policies,
+    /// IP rules, CORS, header transforms and cache, compiled once per snapshot.
+    pub policy: VersionPolicies,
 }
 
 /// What the status listener reports.
@@ -71,7 +84,11 @@ pub struct ConfigStore {
 #[derive(Debug)]
 struct Inner {
     current: watch::Sender<Option<Arc<CompiledConfig>>>,
-    clients: ClientCache,
+    /// Upstream state that outlives snapshots (clients, health, breakers, budgets).
+    upstreams: UpstreamRuntime,
+    consumers: Consumers,
+    /// Cached responses; outlives snapshots (see `policy::cache`).
+    responses: Arc<ResponseCache>,
 }
 
 impl Default for ConfigStore {
@@ -83,7 +100,36 @@ impl Default for ConfigStore {
 impl ConfigStore {
     /// A store with no configuration: the proxy answers 503 until the first snapshot.
     pub fn new() -> Self {
-        ConfigStore { inner: Arc::new(Inner { current: watch::Sender::new(None), clients: ClientCache::default() }) }
+        Self::with_consumers(Consumers::default())
+    }
+
+    /// A store whose requests authenticate against `consumers` (credentials, the
+    /// server secret's hasher, the rate limiter).
+    pub fn with_consumers(consumers: Consumers) -> Self {
+        ConfigStore {
+            inner: Arc::new(Inner {
+                current: watch::Sender::new(None),
+                upstreams: UpstreamRuntime::default(),
+                consumers,
+                responses: Arc::new(ResponseCache::new(DEFAULT_CAPACITY_BYTES)),
+            }),
+        }
+    }
+
+    /// The state of upstream targets (health, ejection, breakers) across snapshots.
+    pub fn upstreams(&self) -> &UpstreamRuntime {
+        &self.inner.upstreams
+    }
+
+    pub(crate) fn consumers(&self) -> &Consumers {
+        &self.inner.consumers
+    }
+
+    /// Gives the response cache (shared by all versions) a capacity other than the
+    /// default 64 MiB.
+    pub fn with_response_cache_bytes(self, bytes: u64) -> Self {
+        self.inner.responses.set_capacity(bytes);
+        self
     }
 
     /// Applies a snapshot if it is intact and newer than the applied one.
@@ -92,7 +138,7 @@ impl ConfigStore {
         self.check_supersedes(snapshot)?;
         // Compiled outside the channel's lock; the check is repeated under it in case
         // another apply won meanwhile.
-        let compiled = Arc::new(compile(snapshot, &self.inner.clients));
+        let compiled = Arc::new(compile(snapshot, &self.inner.responses, &self.inner.upstreams));
         let mut result = Ok(());
         self.inner.current.send_if_modified(|current| {
             match current.as_ref().filter(|c| c.version >= snapshot.version) {
@@ -167,13 +213,13 @@ impl ConfigStore {
 /// route, an unusable target) are logged and left out rather than failing the whole
 /// snapshot: the control plane validates, and the rest of the configuration must
 /// keep working.
-fn compile(snapshot: &Snapshot, clients: &ClientCache) -> CompiledConfig {
+fn compile(snapshot: &Snapshot, responses: &Arc<ResponseCache>, upstreams: &UpstreamRuntime) -> CompiledConfig {
     let content = &snapshot.content;
     let upstreams: HashMap<&str, Arc<Upstream>> = content
         .upstreams
         .iter()
         .map(|u| {
-            let (upstream, skipped) = Upstream::compile(u, clients);
+            let (upstream, skipped) = Upstream::compile(u, upstreams);
             for e in skipped {
                 tracing::warn!(upstream = %u.id, error = %e, "left out an upstream target");
             }
@@ -192,7 +238,14 @@ fn compile(snapshot: &Snapshot, clients: &ClientCache) -> CompiledConfig {
             sunset_at: v.sunset_at,
             successor: v.successor_base_path.as_deref().filter(|s| deprecated && *s != v.base_path),
         });
-        let routed = Arc::new(RoutedVersion { id: v.id.clone(), state: v.state, upstream, response_headers });
+        let routed = Arc::new(RoutedVersion {
+            id: v.id.clone(),
+            state: v.state,
+            upstream,
+            response_headers,
+            policies: v.policies.clone(),
+            policy: VersionPolicies::compile(v, responses),
+        });
         match router.add_version(&v.base_path, v.state, routed, &v.routes) {
             Ok(skipped) => {
                 for (route, e) in skipped {
@@ -202,7 +255,11 @@ fn compile(snapshot: &Snapshot, clients: &ClientCache) -> CompiledConfig {
             Err(e) => tracing::warn!(version = %v.id, error = %e, "left out a version"),
         }
     }
-    CompiledConfig { version: snapshot.version, checksum: snapshot.checksum.clone(), router }
+    let caching = content.versions.iter().filter(|v| v.policies.cache.is_some()).map(|v| v.id.as_str()).collect();
+    responses.retain_versions(&caching);
+    let plans = content.plans.iter().map(|p| (p.id.clone(), p.clone())).collect();
+    let certificates = crate::tls::Certificates::compile(&content.certificates);
+    CompiledConfig { version: snapshot.version, checksum: snapshot.checksum.clone(), router, plans, certificates }
 }
 
 #[cfg(test)]

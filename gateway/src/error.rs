@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE};
-use http::{HeaderValue, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 
@@ -50,6 +50,30 @@ pub enum ErrorKind {
     UpstreamTimeout,
     #[error("the upstream failed to respond")]
     UpstreamFailed,
+    #[error("requests from this address are not allowed")]
+    IpDenied,
+    #[error("this cross-origin request is not allowed")]
+    CorsRefused,
+    #[error("an API key is required")]
+    MissingKey,
+    #[error("the API key is not valid")]
+    InvalidKey,
+    #[error("the API key has no approved subscription to this API version")]
+    NotSubscribed,
+    #[error("rate limit exceeded")]
+    RateLimited,
+    #[error("quota exhausted for this period")]
+    QuotaExceeded,
+    #[error("the request is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("the request head is too large")]
+    HeadersTooLarge,
+    #[error("the request target is too long")]
+    UriTooLong,
+    #[error("the request head did not arrive in time")]
+    RequestTimeout,
+    #[error("the request body is larger than allowed")]
+    BodyTooLarge,
     #[error("the gateway failed to handle the request")]
     Internal,
 }
@@ -61,11 +85,14 @@ pub struct GatewayError {
     pub cause: Option<Box<dyn std::error::Error + Send + Sync>>,
     /// Where it happened, e.g. which upstream target.
     pub context: Option<String>,
+    /// Headers the response must carry (`WWW-Authenticate`, `Retry-After`…); boxed
+    /// so that the common error stays small.
+    pub headers: Option<Box<HeaderMap>>,
 }
 
 impl From<ErrorKind> for GatewayError {
     fn from(kind: ErrorKind) -> Self {
-        GatewayError { kind, cause: None, context: None }
+        GatewayError { kind, cause: None, context: None, headers: None }
     }
 }
 
@@ -77,7 +104,12 @@ impl From<PathError> for GatewayError {
 
 impl GatewayError {
     pub fn with_cause(kind: ErrorKind, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        GatewayError { kind, cause: Some(cause.into()), context: None }
+        GatewayError { kind, cause: Some(cause.into()), context: None, headers: None }
+    }
+
+    pub fn with_headers(mut self, headers: HeaderMap) -> Self {
+        self.headers.get_or_insert_with(Default::default).extend(headers);
+        self
     }
 
     pub fn context(mut self, context: impl Into<String>) -> Self {
@@ -94,15 +126,36 @@ impl GatewayError {
             ErrorKind::NoConfig | ErrorKind::NoUpstream | ErrorKind::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamConnectTimeout | ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::MissingKey | ErrorKind::InvalidKey => StatusCode::UNAUTHORIZED,
+            ErrorKind::NotSubscribed | ErrorKind::IpDenied | ErrorKind::CorsRefused => StatusCode::FORBIDDEN,
+            ErrorKind::RateLimited | ErrorKind::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Malformed(_) => StatusCode::BAD_REQUEST,
+            ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     pub fn source(&self) -> ErrorSource {
         match self.kind {
-            ErrorKind::BadPath(_) | ErrorKind::NoRoute | ErrorKind::MethodNotAllowed { .. } | ErrorKind::Retired => {
-                ErrorSource::Client
-            }
+            ErrorKind::BadPath(_)
+            | ErrorKind::NoRoute
+            | ErrorKind::MethodNotAllowed { .. }
+            | ErrorKind::Retired
+            | ErrorKind::IpDenied
+            | ErrorKind::CorsRefused
+            | ErrorKind::MissingKey
+            | ErrorKind::InvalidKey
+            | ErrorKind::NotSubscribed
+            | ErrorKind::RateLimited
+            | ErrorKind::QuotaExceeded
+            | ErrorKind::Malformed(_)
+            | ErrorKind::HeadersTooLarge
+            | ErrorKind::UriTooLong
+            | ErrorKind::RequestTimeout
+            | ErrorKind::BodyTooLarge => ErrorSource::Client,
             ErrorKind::NoUpstream
             | ErrorKind::NoTarget
             | ErrorKind::UpstreamConnect
@@ -133,6 +186,18 @@ impl GatewayError {
             ErrorKind::UpstreamConnectTimeout => "upstream-connect-timeout",
             ErrorKind::UpstreamTimeout => "upstream-timeout",
             ErrorKind::UpstreamFailed => "upstream-failed",
+            ErrorKind::IpDenied => "ip-denied",
+            ErrorKind::CorsRefused => "cors-refused",
+            ErrorKind::MissingKey => "missing-api-key",
+            ErrorKind::InvalidKey => "invalid-api-key",
+            ErrorKind::NotSubscribed => "not-subscribed",
+            ErrorKind::RateLimited => "rate-limited",
+            ErrorKind::QuotaExceeded => "quota-exceeded",
+            ErrorKind::Malformed(_) => "malformed-request",
+            ErrorKind::HeadersTooLarge => "headers-too-large",
+            ErrorKind::UriTooLong => "uri-too-long",
+            ErrorKind::RequestTimeout => "request-timeout",
+            ErrorKind::BodyTooLarge => "body-too-large",
             ErrorKind::Internal => "internal",
         }
     }
@@ -166,6 +231,9 @@ impl GatewayError {
         let mut response = Response::new(Full::new(Bytes::from(json)));
         *response.status_mut() = status;
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(headers) = &self.headers {
+            response.headers_mut().extend(headers.as_ref().clone());
+        }
         if let ErrorKind::MethodNotAllowed { allow } = &self.kind {
             let allow = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
             if let Ok(value) = HeaderValue::try_from(allow) {

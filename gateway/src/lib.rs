@@ -5,30 +5,48 @@
 //! Running it (all-in-one or as a gateway node):
 //! ```no_run
 //! # async fn run(bus: &dyn turnpike_bus::ConfigBus) -> std::io::Result<()> {
-//! use turnpike_gateway::{ConfigStore, serve_proxy, serve_status};
+//! use turnpike_gateway::{ConfigStore, Settings, serve_proxy, serve_status};
 //! let store = ConfigStore::new();
 //! tokio::spawn(store.clone().follow(bus.subscribe()));
 //! let proxy = tokio::net::TcpListener::bind("0.0.0.0:8000").await?;
 //! let status = tokio::net::TcpListener::bind("127.0.0.1:8002").await?;
 //! let status_task = tokio::spawn(serve_status(status, store.clone(), std::future::pending()));
-//! serve_proxy(proxy, store, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! serve_proxy(proxy, store, Settings::default(), async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! status_task.abort();
 //! # Ok(()) }
 //! ```
 
 mod balancer;
+mod breaker;
 mod config;
+pub mod consumer;
 mod error;
+mod forwarding;
+mod health;
 mod lifecycle;
+mod limits;
+mod outlier;
 mod path;
 mod pipeline;
+mod policy;
 mod proxy;
+pub mod ratelimit;
+mod registry;
+mod retry;
 mod router;
 mod server;
+mod settings;
 mod status;
+mod tls;
+mod tls_client;
 mod upstream;
+mod websocket;
 
 pub use config::{ApplyError, CompiledConfig, ConfigStatus, ConfigStore};
 pub use error::PROBLEM_TYPE_PREFIX;
+pub use registry::UpstreamRuntime;
 pub use server::serve_proxy;
+pub use settings::{Cidr, InvalidCidr, Settings};
 pub use status::serve_status;
+pub use tls::serve_tls_proxy;
+pub use upstream::TargetStatus;

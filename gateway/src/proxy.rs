@@ -1,20 +1,29 @@
 //! Forwarding to the upstream: the header rules of a well-behaved HTTP proxy
-//! (hop-by-hop removal, `X-Forwarded-*`) and the call itself with its timeouts.
-//! Bodies are streamed both ways: nothing here reads them.
+//! (hop-by-hop removal; `X-Forwarded-*` are in [`crate::forwarding`]) and the call itself: attempts with their
+//! timeouts, outcomes reported to the target's outlier detection and breaker, and
+//! retries where [`crate::retry`] allows them. Bodies are streamed both ways:
+//! nothing here reads them.
+//!
+//! Timeouts: `connect_ms` bounds the TCP connect; `read_ms` bounds each attempt up
+//! to the response head, and then each wait for the next piece of the response
+//! body (like nginx's `proxy_read_timeout`); `total_ms` bounds all attempts
+//! together up to the response head. A head that trickles in is bounded by
+//! `read_ms` like one that never comes.
 
-use std::net::IpAddr;
-use std::time::Duration;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{CONNECTION, HOST};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
-use hyper::body::Incoming;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::Sleep;
 
 use crate::error::{ErrorKind, GatewayError};
-use crate::upstream::HttpClient;
-
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+use crate::retry::{is_idempotent, is_retryable_error, is_retryable_status};
+use crate::upstream::{Attempt, BoxError, HttpClient, InFlight, Upstream, UpstreamRequestBody, empty_body};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// `Proxy-*` family, which is addressed to us.
@@ -41,28 +50,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrites the headers of a request about to be forwarded: hop-by-hop headers go,
-/// the client's address is appended to `X-Forwarded-For`, `X-Forwarded-Proto` and
-/// `-Host` say what the client used, and `Host` is left to the client library to set
-/// from the upstream URL.
-pub fn forwarded_request_headers(headers: &mut HeaderMap, original_host: Option<HeaderValue>, client_ip: IpAddr) {
-    remove_hop_by_hop(headers);
-    headers.remove(HOST);
-    let mut forwarded_for =
-        headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(", ");
-    if !forwarded_for.is_empty() {
-        forwarded_for.push_str(", ");
-    }
-    forwarded_for.push_str(&client_ip.to_canonical().to_string());
-    headers.insert(X_FORWARDED_FOR, HeaderValue::try_from(forwarded_for).expect("joined header values stay valid"));
-    // The proxy listener is plain HTTP; a TLS listener will say "https".
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    match original_host {
-        Some(host) => headers.insert(X_FORWARDED_HOST, host),
-        None => headers.remove(X_FORWARDED_HOST),
-    };
-}
-
 /// The host the client asked for, as it wrote it (with port): the `Host` header, or
 /// the URI's authority for HTTP/2.
 pub fn original_host(req: &Request<Incoming>) -> Option<HeaderValue> {
@@ -72,17 +59,91 @@ pub fn original_host(req: &Request<Incoming>) -> Option<HeaderValue> {
         .or_else(|| req.uri().authority().and_then(|a| HeaderValue::try_from(a.as_str()).ok()))
 }
 
-/// Sends the request to `uri` and waits for the response head, within `timeout`.
+/// Sends the request to `upstream`, starting with the target of `first` and retrying
+/// on other targets when the request and the failure allow it. `remainder` is the
+/// path under the version's base path; the request's query is kept.
+pub async fn forward<B>(
+    upstream: &Upstream,
+    first: Attempt,
+    req: Request<B>,
+    remainder: &str,
+) -> Result<Response<TrackedBody>, GatewayError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let started = Instant::now();
+    let deadline = upstream.total_timeout.map(|t| started + t);
+    let (mut parts, body) = req.into_parts();
+    // Upstream connections are HTTP/1.1 whatever the client spoke to us (or HTTP/2
+    // when a TLS upstream offers it; the client library handles that).
+    parts.version = Version::HTTP_11;
+    let query = parts.uri.query().map(str::to_owned);
+    // Only requests without a body are retried: nothing of the client's has been
+    // consumed, so every attempt sends the same request.
+    let bodiless = body.is_end_stream();
+    let retryable = bodiless && upstream.retries.attempts > 0 && is_idempotent(&parts.method);
+    if retryable {
+        upstream.budget.record_request(started);
+    }
+    let mut body = Some(if bodiless { empty_body() } else { body.map_err(Into::into).boxed_unsync() });
+    let mut parts = Some(parts);
+    let hash = first.hash();
+    let mut attempt = first;
+    let mut tried: Vec<usize> = Vec::new();
+    loop {
+        let index = attempt.index();
+        let target = upstream.target(&attempt);
+        let may_retry = retryable && tried.len() < upstream.retries.attempts as usize;
+        let mut head = if may_retry { parts.clone() } else { parts.take() }.ok_or(ErrorKind::Internal)?;
+        head.uri =
+            target.uri(remainder, query.as_deref()).map_err(|e| GatewayError::with_cause(ErrorKind::Internal, e))?;
+        let body = if bodiless { empty_body() } else { body.take().ok_or(ErrorKind::Internal)? };
+        let now = Instant::now();
+        let remaining = deadline.map(|d| d.saturating_duration_since(now));
+        let result = if remaining == Some(Duration::ZERO) {
+            Err(GatewayError::from(ErrorKind::UpstreamTimeout))
+        } else {
+            let timeout = match (upstream.read_timeout, remaining) {
+                (Some(read), Some(total)) => Some(read.min(total)),
+                (read, total) => read.or(total),
+            };
+            send(&upstream.client, Request::from_parts(head, body), timeout).await
+        };
+        let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
+        let in_flight = upstream.finish(attempt, ok);
+        tried.push(index);
+        let worth_retrying = match &result {
+            Ok(response) => is_retryable_status(response.status()),
+            Err(e) => is_retryable_error(e),
+        };
+        let now = Instant::now();
+        if may_retry && worth_retrying && deadline.is_none_or(|d| now < d) {
+            let next = upstream.select_retry(hash, &tried);
+            if let Some(next) = next.filter(|_| upstream.budget.try_retry(upstream.retries.budget_percent, now)) {
+                tracing::debug!(upstream = %upstream.id, target = %target.authority(), attempt = tried.len(), "retrying");
+                attempt = next;
+                continue;
+            }
+        }
+        return match result {
+            Ok(response) => Ok(response.map(|b| TrackedBody::new(b, in_flight, upstream.read_timeout))),
+            Err(e) => {
+                Err(e.context(format!("upstream {} at {} (attempt {})", upstream.id, target.authority(), tried.len())))
+            }
+        };
+    }
+}
+
+/// Sends one attempt and waits for the response head, within `timeout`.
 pub async fn send(
     client: &HttpClient,
-    mut req: Request<Incoming>,
-    uri: Uri,
+    req: Request<UpstreamRequestBody>,
     timeout: Option<Duration>,
 ) -> Result<Response<Incoming>, GatewayError> {
-    *req.uri_mut() = uri;
-    // Upstream connections are HTTP/1.1 whatever the client spoke to us.
-    *req.version_mut() = Version::HTTP_11;
     let call = client.request(req);
+    // Dropping the call on timeout closes its connection: nothing is left waiting
+    // on an upstream that does not answer.
     let result = match timeout {
         Some(t) => tokio::time::timeout(t, call).await.map_err(|_| GatewayError::from(ErrorKind::UpstreamTimeout))?,
         None => call.await,
@@ -90,6 +151,78 @@ pub async fn send(
     let mut response = result.map_err(classify)?;
     remove_hop_by_hop(response.headers_mut());
     Ok(response)
+}
+
+/// The upstream's response body, streamed through. It counts the request as in
+/// flight on its target until the body ends (least-connections sees long
+/// downloads), and fails the body when the upstream goes quiet for longer than
+/// the read timeout while the client is waiting for more.
+pub struct TrackedBody {
+    inner: Incoming,
+    in_flight: Option<InFlight>,
+    idle_timeout: Option<Duration>,
+    /// Allocated the first time the upstream makes us wait.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether `timer` runs for the current wait.
+    waiting: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?} in the middle of the response body")]
+pub struct BodyIdleTimeout(Duration);
+
+impl TrackedBody {
+    pub fn new(inner: Incoming, in_flight: InFlight, idle_timeout: Option<Duration>) -> TrackedBody {
+        TrackedBody { inner, in_flight: Some(in_flight), idle_timeout, timer: None, waiting: false }
+    }
+}
+
+impl std::fmt::Debug for TrackedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackedBody").field("idle_timeout", &self.idle_timeout).finish_non_exhaustive()
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                if frame.is_none() {
+                    this.in_flight = None;
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let Some(idle) = this.idle_timeout else { return Poll::Pending };
+                let deadline = tokio::time::Instant::now() + idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.waiting {
+                    timer.as_mut().reset(deadline);
+                    this.waiting = true;
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.in_flight = None;
+                        Poll::Ready(Some(Err(BodyIdleTimeout(idle).into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn classify(e: hyper_util::client::legacy::Error) -> GatewayError {
@@ -116,8 +249,6 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
-
     use super::*;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -149,32 +280,5 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["content-type", "x-kept"]);
-    }
-
-    #[test]
-    fn forwarded_headers_append_the_client_and_describe_the_original_request() {
-        let mut h = headers(&[
-            ("x-forwarded-for", "203.0.113.9"),
-            ("x-forwarded-for", "10.1.1.1"),
-            ("host", "api.example.com:8000"),
-        ]);
-        let host = h.get(HOST).cloned();
-        forwarded_request_headers(&mut h, host, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
-        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 10.1.1.1, 192.0.2.1");
-        assert_eq!(h[&X_FORWARDED_PROTO], "http");
-        assert_eq!(h[&X_FORWARDED_HOST], "api.example.com:8000");
-        assert!(h.get(HOST).is_none(), "the client library sets Host for the upstream");
-    }
-
-    #[test]
-    fn spoofed_forwarded_host_is_replaced_and_mapped_addresses_are_canonical() {
-        let mut h = headers(&[("x-forwarded-host", "evil.example"), ("x-forwarded-proto", "https")]);
-        forwarded_request_headers(&mut h, None, IpAddr::V6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped()));
-        assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1");
-        assert_eq!(h[&X_FORWARDED_PROTO], "http");
-        assert!(h.get(&X_FORWARDED_HOST).is_none());
-        let mut h = HeaderMap::new();
-        forwarded_request_headers(&mut h, None, IpAddr::V6(Ipv6Addr::LOCALHOST));
-        assert_eq!(h[&X_FORWARDED_FOR], "::1");
     }
 }

@@ -1,6 +1,14 @@
-//! Routing: which API version and route take a request. Built once per snapshot;
-//! matching is a scan over routes kept in precedence order, so the first route that
-//! matches is the right one.
+//! Routing: which API version and route take a request. Built once per snapshot into
+//! two indexes so that the work per request depends on the request's path, not on
+//! how many versions and routes the snapshot has:
+//! - versions sit in a trie of their base paths' segments; walking the request path
+//!   down it yields exactly the versions the path is under, deepest first;
+//! - each version's routes sit in a trie of their templates' segments (literal
+//!   children by hash, then mixed segments, then a parameter child); walking it yields
+//!   the routes whose path matches, which are then tried in precedence order.
+//!
+//! Only routes whose path template matches are examined (plus the mixed segments such
+//! as `{name}.json` at each position the walk reaches, which are tried one by one).
 //!
 //! Precedence, highest first:
 //! 1. Versions with the longer base path (counted in segments), then live before
@@ -16,6 +24,7 @@
 //! 4. Finally the route id, so that the order never depends on input order.
 
 use std::cmp::Reverse;
+use std::collections::HashMap;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use turnpike_domain::model::{RouteSpec, VersionState};
@@ -63,10 +72,20 @@ pub enum RouteOutcome<'r, T> {
     NotFound,
 }
 
-/// Routes of every version in a snapshot, in precedence order.
+/// Routes of every version in a snapshot, indexed by base path.
 #[derive(Debug)]
 pub struct Router<T> {
     versions: Vec<VersionRoutes<T>>,
+    /// Trie of base-path segments; node 0 is the root (base path `/`).
+    bases: Vec<BaseNode>,
+}
+
+#[derive(Debug, Default)]
+struct BaseNode {
+    children: HashMap<Box<str>, usize>,
+    /// Versions with exactly this base path, live before retired, then in the order
+    /// they were added.
+    versions: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -75,12 +94,15 @@ struct VersionRoutes<T> {
     base: String,
     live: bool,
     payload: T,
+    /// In precedence order; the trie refers to routes by their index here, so a
+    /// smaller index means a higher precedence.
     routes: Vec<Route>,
+    trie: RouteTrie,
 }
 
 impl<T> Default for Router<T> {
     fn default() -> Self {
-        Router { versions: Vec::new() }
+        Router { versions: Vec::new(), bases: vec![BaseNode::default()] }
     }
 }
 
@@ -108,46 +130,91 @@ impl<T> Router<T> {
             }
         }
         compiled.sort_by(|a, b| a.rank.cmp(&b.rank));
-        self.versions.push(VersionRoutes { base, live: state.is_live(), payload, routes: compiled });
-        // Stable sort: versions with equal keys keep the order they were added in.
-        self.versions.sort_by_key(|v| (Reverse(segment_count(&v.base)), Reverse(v.live)));
+        let trie = RouteTrie::build(&compiled);
+        let node = self.base_node(&base);
+        let index = self.versions.len();
+        self.versions.push(VersionRoutes { base, live: state.is_live(), payload, routes: compiled, trie });
+        let versions = &self.versions;
+        let list = &mut self.bases[node].versions;
+        list.push(index);
+        // Stable sort: versions with the same liveness keep the order they were added in.
+        list.sort_by_key(|&v| Reverse(versions[v].live));
         Ok(skipped)
+    }
+
+    /// The trie node of `base`, created if needed.
+    fn base_node(&mut self, base: &str) -> usize {
+        let mut node = 0;
+        for segment in split_segments(base) {
+            node = match self.bases[node].children.get(segment) {
+                Some(&child) => child,
+                None => {
+                    let child = self.bases.len();
+                    self.bases.push(BaseNode::default());
+                    self.bases[node].children.insert(segment.into(), child);
+                    child
+                }
+            };
+        }
+        node
     }
 
     /// Finds the version and route for a request.
     pub fn route(&self, req: &RequestFacts<'_>) -> RouteOutcome<'_, T> {
+        // The nodes of the base paths the request is under, shallowest first.
+        let mut under = Vec::with_capacity(4);
+        let mut node = 0;
+        under.push(node);
+        for segment in split_segments(req.path) {
+            match self.bases[node].children.get(segment) {
+                Some(&child) => {
+                    node = child;
+                    under.push(node);
+                }
+                None => break,
+            }
+        }
         let mut allow: Vec<Method> = Vec::new();
-        for version in &self.versions {
-            let Some(remainder) = under_base(req.path, &version.base) else { continue };
-            if !version.live {
-                if allow.is_empty() {
-                    return RouteOutcome::Retired(&version.payload);
+        let mut candidates = Vec::new();
+        for &node in under.iter().rev() {
+            for &index in &self.bases[node].versions {
+                let version = &self.versions[index];
+                count_examined();
+                if !version.live {
+                    if allow.is_empty() {
+                        return RouteOutcome::Retired(&version.payload);
+                    }
+                    return method_not_allowed(allow);
                 }
-                break;
-            }
-            let segments = split_segments(remainder);
-            for route in &version.routes {
-                if !route.path.matches(&segments) || !route.matches_host_and_headers(req) {
-                    continue;
+                let segments = split_segments(&req.path[version.base.len()..]);
+                candidates.clear();
+                version.trie.matching(&segments, &mut candidates);
+                candidates.sort_unstable();
+                for &candidate in &candidates {
+                    let route = &version.routes[candidate];
+                    count_examined();
+                    if !route.matches_host_and_headers(req) {
+                        continue;
+                    }
+                    if route.methods.is_empty() || route.methods.contains(req.method) {
+                        return RouteOutcome::Matched {
+                            version: &version.payload,
+                            route_id: &route.id,
+                            remainder_start: version.base.len(),
+                        };
+                    }
+                    allow.extend(route.methods.iter().cloned());
                 }
-                if route.methods.is_empty() || route.methods.contains(req.method) {
-                    return RouteOutcome::Matched {
-                        version: &version.payload,
-                        route_id: &route.id,
-                        remainder_start: version.base.len(),
-                    };
-                }
-                allow.extend(route.methods.iter().cloned());
             }
         }
-        if allow.is_empty() {
-            RouteOutcome::NotFound
-        } else {
-            allow.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-            allow.dedup();
-            RouteOutcome::MethodNotAllowed(allow)
-        }
+        if allow.is_empty() { RouteOutcome::NotFound } else { method_not_allowed(allow) }
     }
+}
+
+fn method_not_allowed<'r, T>(mut allow: Vec<Method>) -> RouteOutcome<'r, T> {
+    allow.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    allow.dedup();
+    RouteOutcome::MethodNotAllowed(allow)
 }
 
 /// The request's host, lower-cased and without port: from the URI (HTTP/2 and
@@ -163,12 +230,6 @@ pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<String> {
     Some(host.trim_end_matches('.').to_ascii_lowercase())
 }
 
-/// The part of `path` under `base`, if `path` is `base` or continues it with `/`.
-fn under_base<'p>(path: &'p str, base: &str) -> Option<&'p str> {
-    let rest = path.strip_prefix(base)?;
-    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
-}
-
 fn split_segments(path: &str) -> Vec<&str> {
     match path.strip_prefix('/').unwrap_or(path) {
         "" => Vec::new(),
@@ -176,8 +237,104 @@ fn split_segments(path: &str) -> Vec<&str> {
     }
 }
 
-fn segment_count(base: &str) -> usize {
-    split_segments(base).len()
+#[cfg(test)]
+thread_local! {
+    /// Versions and routes examined by [`Router::route`] on this thread; tests use it
+    /// to check that the work per request does not grow with the configuration.
+    static EXAMINED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+#[cfg(test)]
+fn count_examined() {
+    EXAMINED.with(|n| n.set(n.get() + 1));
+}
+
+#[cfg(not(test))]
+fn count_examined() {}
+
+/// A version's routes by path template: one node per template prefix. Each route
+/// sits in exactly one node, so a walk collects each matching route once.
+#[derive(Debug)]
+struct RouteTrie {
+    nodes: Vec<TrieNode>,
+}
+
+#[derive(Debug, Default)]
+struct TrieNode {
+    literals: HashMap<Box<str>, usize>,
+    mixed: Vec<(Vec<Piece>, usize)>,
+    param: Option<usize>,
+    /// Exact templates ending here.
+    exact: Vec<usize>,
+    /// Prefix templates ending here: they take this path and everything under it.
+    prefix: Vec<usize>,
+}
+
+impl RouteTrie {
+    fn build(routes: &[Route]) -> RouteTrie {
+        let mut trie = RouteTrie { nodes: vec![TrieNode::default()] };
+        for (index, route) in routes.iter().enumerate() {
+            let (segments, prefix) = match &route.path {
+                PathPattern::Exact(s) => (s, false),
+                PathPattern::Prefix(s) => (s, true),
+            };
+            let mut node = 0;
+            for segment in segments {
+                node = trie.child(node, segment);
+            }
+            let node = &mut trie.nodes[node];
+            if prefix { node.prefix.push(index) } else { node.exact.push(index) }
+        }
+        trie
+    }
+
+    fn child(&mut self, node: usize, segment: &Segment) -> usize {
+        let existing = match segment {
+            Segment::Literal(l) => self.nodes[node].literals.get(l.as_str()).copied(),
+            Segment::Mixed(pieces) => self.nodes[node].mixed.iter().find(|(p, _)| p == pieces).map(|&(_, n)| n),
+            Segment::Param => self.nodes[node].param,
+        };
+        if let Some(child) = existing {
+            return child;
+        }
+        let child = self.nodes.len();
+        self.nodes.push(TrieNode::default());
+        let parent = &mut self.nodes[node];
+        match segment {
+            Segment::Literal(l) => {
+                parent.literals.insert(l.as_str().into(), child);
+            }
+            Segment::Mixed(pieces) => parent.mixed.push((pieces.clone(), child)),
+            Segment::Param => parent.param = Some(child),
+        }
+        child
+    }
+
+    /// Adds to `out` the index of every route whose template matches `request`.
+    fn matching(&self, request: &[&str], out: &mut Vec<usize>) {
+        self.walk(0, request, out);
+    }
+
+    fn walk(&self, node: usize, rest: &[&str], out: &mut Vec<usize>) {
+        let node = &self.nodes[node];
+        out.extend_from_slice(&node.prefix);
+        let Some((segment, rest)) = rest.split_first() else {
+            out.extend_from_slice(&node.exact);
+            return;
+        };
+        if let Some(&child) = node.literals.get(*segment) {
+            self.walk(child, rest, out);
+        }
+        for (pieces, child) in &node.mixed {
+            count_examined();
+            if match_pieces(pieces, segment) {
+                self.walk(*child, rest, out);
+            }
+        }
+        if let Some(child) = node.param.filter(|_| !segment.is_empty()) {
+            self.walk(child, rest, out);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -275,13 +432,6 @@ impl PathPattern {
         }
         Ok(if prefix { PathPattern::Prefix(segments) } else { PathPattern::Exact(segments) })
     }
-
-    fn matches(&self, request: &[&str]) -> bool {
-        match self {
-            PathPattern::Exact(s) => s.len() == request.len() && s.iter().zip(request).all(|(p, r)| p.matches(r)),
-            PathPattern::Prefix(s) => s.len() <= request.len() && s.iter().zip(request).all(|(p, r)| p.matches(r)),
-        }
-    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -293,7 +443,7 @@ enum Segment {
     Param,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
     Literal(String),
     Param,
@@ -334,14 +484,6 @@ impl Segment {
             Segment::Literal(_) => 0,
             Segment::Mixed(_) => 1,
             Segment::Param => 2,
-        }
-    }
-
-    fn matches(&self, s: &str) -> bool {
-        match self {
-            Segment::Literal(l) => l == s,
-            Segment::Param => !s.is_empty(),
-            Segment::Mixed(pieces) => match_pieces(pieces, s),
         }
     }
 }
@@ -617,5 +759,181 @@ mod tests {
         headers.insert(http::header::HOST, HeaderValue::from_static("[::1]:8000"));
         assert_eq!(request_host(&Uri::from_static("/x"), &headers).as_deref(), Some("[::1]"));
         assert_eq!(request_host(&Uri::from_static("/x"), &HeaderMap::new()), None);
+    }
+
+    /// Versions and routes [`Router::route`] examined for one request.
+    fn examined(router: &Router<&'static str>, req: &Req, path: &str) -> (String, usize) {
+        EXAMINED.with(|n| n.set(0));
+        let outcome = req.at(router, path);
+        (outcome, EXAMINED.with(|n| n.get()))
+    }
+
+    /// Ten routes of every shape, with methods, for one version.
+    fn ten_routes(tag: &str) -> Vec<SnapshotRoute> {
+        vec![
+            route(&format!("{tag}-items"), "/items"),
+            route(&format!("{tag}-item"), "/items/{id}"),
+            route(&format!("{tag}-item-json"), "/items/{id}.json"),
+            route(&format!("{tag}-parts"), "/items/{id}/parts/*"),
+            route(&format!("{tag}-me"), "/users/me"),
+            route(&format!("{tag}-user"), "/users/{uid}"),
+            with_methods(route(&format!("{tag}-get-health"), "/health"), &["GET"]),
+            with_methods(route(&format!("{tag}-post-health"), "/health"), &["POST"]),
+            route(&format!("{tag}-orders"), "/orders/*"),
+            with_host(route(&format!("{tag}-admin"), "/admin"), "admin.example.com"),
+        ]
+    }
+
+    #[test]
+    fn ten_thousand_routes_match_with_the_same_work_as_ten() {
+        let mut big: Router<&'static str> = Router::default();
+        let names: Vec<&'static str> = (0..1000).map(|i| &*Box::leak(format!("v{i}").into_boxed_str())).collect();
+        for (i, name) in names.iter().enumerate() {
+            let base = format!("/svc{}/v{}", i % 100, i / 100);
+            let skipped = big.add_version(&base, VersionState::Published, name, &ten_routes(name)).unwrap();
+            assert!(skipped.is_empty());
+        }
+        let small = router(vec![("v0", "/svc0/v0", VersionState::Published, ten_routes("v0"))]);
+
+        let cases = [
+            ("/svc42/v7/items", "v742 v742-items \"/items\""),
+            ("/svc42/v7/items/9", "v742 v742-item \"/items/9\""),
+            ("/svc42/v7/items/9.json", "v742 v742-item-json \"/items/9.json\""),
+            ("/svc42/v7/items/9/parts/a/b", "v742 v742-parts \"/items/9/parts/a/b\""),
+            ("/svc99/v9/users/me", "v999 v999-me \"/users/me\""),
+            ("/svc99/v9/users/7", "v999 v999-user \"/users/7\""),
+            ("/svc1/v0/orders", "v1 v1-orders \"/orders\""),
+            ("/svc1/v0/health", "v1 v1-get-health \"/health\""),
+            ("/svc1/v0/admin", "404"),
+            ("/svc1/v0/nothing/here", "404"),
+        ];
+        for (path, expected) in cases {
+            let (outcome, work) = examined(&big, &get(), path);
+            assert_eq!(outcome, expected, "{path}");
+            // The same request to a router holding only one version with the same routes.
+            let remainder = path.splitn(4, '/').nth(3).unwrap();
+            let (_, small_work) = examined(&small, &get(), &format!("/svc0/v0/{remainder}"));
+            assert_eq!(work, small_work, "{path}: the work grew with the number of routes");
+            assert!(work <= 4, "{path}: examined {work}");
+        }
+        // Paths under no version cost nothing at all.
+        for path in ["/svc100/v0/items", "/svc5/v10/items", "/"] {
+            assert_eq!(examined(&big, &get(), path), ("404".to_owned(), 0), "{path}");
+        }
+        let (outcome, _) = examined(&big, &get().method(Method::DELETE), "/svc3/v2/health");
+        assert_eq!(outcome, "405 [GET, POST]");
+        let (outcome, _) = examined(&big, &get().host("admin.example.com"), "/svc3/v2/admin");
+        assert_eq!(outcome, "v203 v203-admin \"/admin\"");
+    }
+
+    /// The precedence rules applied the slow, obvious way: every version in order,
+    /// every route in rank order.
+    fn reference<'r>(router: &'r Router<&'static str>, req: &RequestFacts<'_>) -> RouteOutcome<'r, &'static str> {
+        fn segment_matches(p: &Segment, s: &str) -> bool {
+            match p {
+                Segment::Literal(l) => l == s,
+                Segment::Param => !s.is_empty(),
+                Segment::Mixed(pieces) => match_pieces(pieces, s),
+            }
+        }
+        fn path_matches(pattern: &PathPattern, request: &[&str]) -> bool {
+            match pattern {
+                PathPattern::Exact(s) => {
+                    s.len() == request.len() && s.iter().zip(request).all(|(p, r)| segment_matches(p, r))
+                }
+                PathPattern::Prefix(s) => {
+                    s.len() <= request.len() && s.iter().zip(request).all(|(p, r)| segment_matches(p, r))
+                }
+            }
+        }
+        let mut order: Vec<&VersionRoutes<&'static str>> = router.versions.iter().collect();
+        order.sort_by_key(|v| (Reverse(split_segments(&v.base).len()), Reverse(v.live)));
+        let mut allow = Vec::new();
+        for version in order {
+            let Some(rest) = req.path.strip_prefix(version.base.as_str()) else { continue };
+            if !(rest.is_empty() || rest.starts_with('/')) {
+                continue;
+            }
+            if !version.live {
+                if allow.is_empty() {
+                    return RouteOutcome::Retired(&version.payload);
+                }
+                break;
+            }
+            let segments = split_segments(rest);
+            for route in &version.routes {
+                if !path_matches(&route.path, &segments) || !route.matches_host_and_headers(req) {
+                    continue;
+                }
+                if route.methods.is_empty() || route.methods.contains(req.method) {
+                    return RouteOutcome::Matched {
+                        version: &version.payload,
+                        route_id: &route.id,
+                        remainder_start: version.base.len(),
+                    };
+                }
+                allow.extend(route.methods.iter().cloned());
+            }
+        }
+        if allow.is_empty() { RouteOutcome::NotFound } else { method_not_allowed(allow) }
+    }
+
+    #[test]
+    fn indexed_matching_agrees_with_the_obvious_scan() {
+        let templates = [
+            "/",
+            "/*",
+            "/a",
+            "/a/*",
+            "/a/b",
+            "/a/{x}",
+            "/a/{x}/*",
+            "/{x}",
+            "/{x}/b",
+            "/{x}.json",
+            "/a/{x}.{y}",
+            "/a/b/",
+            "/b/*",
+            "/{x}/{y}/c",
+        ];
+        let mut versions = Vec::new();
+        for (i, base) in ["/", "/a", "/a/b", "/b", "/a"].into_iter().enumerate() {
+            let state = if i == 4 { VersionState::Retired } else { VersionState::Published };
+            let routes = templates
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| (i + j) % 3 != 0)
+                .map(|(j, t)| {
+                    let r = route(&format!("r{j}"), t);
+                    match j % 4 {
+                        0 => with_methods(r, &["POST"]),
+                        1 => with_host(r, "h.example"),
+                        _ => r,
+                    }
+                })
+                .collect();
+            versions.push((["root", "a", "ab", "b", "old-a"][i], base, state, routes));
+        }
+        let r = router(versions);
+        let words = ["a", "b", "c", "x.json", "p.q", ""];
+        let mut paths = vec!["/".to_owned()];
+        for w1 in words {
+            paths.push(format!("/{w1}"));
+            for w2 in words {
+                paths.push(format!("/{w1}/{w2}"));
+                for w3 in ["c", "b", ""] {
+                    paths.push(format!("/{w1}/{w2}/{w3}"));
+                }
+            }
+        }
+        let headers = HeaderMap::new();
+        for path in &paths {
+            for method in [Method::GET, Method::POST] {
+                for host in [None, Some("h.example")] {
+                    let facts = RequestFacts { method: &method, host, headers: &headers, path };
+                    assert_eq!(r.route(&facts), reference(&r, &facts), "{method} {host:?} {path}");
+                }
+            }
+        }
     }
 }

@@ -1,39 +1,109 @@
 //! The proxy listener: accepts connections, speaks HTTP/1.1 or cleartext HTTP/2
 //! (detected per connection) and hands each request to the [pipeline](crate::pipeline).
 //! On shutdown it stops accepting, lets in-flight requests finish and then returns.
+//! The TLS listener ([`crate::tls`]) is the same loop with a [`Handshake`] in front.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::ConfigStore;
-use crate::pipeline;
-
-/// How long a client may take to send a request head before the connection is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::forwarding::{self, Peer};
+use crate::limits::guard::Guard;
+use crate::limits::{self, ConnState, Tracked};
+use crate::pipeline::{self, ProxyBody};
+use crate::settings::Settings;
 
 /// Serves the proxy on `listener` until `shutdown` completes, then waits for the
 /// requests in flight (and their response bodies) to finish. Requests run on the
 /// configuration in `store`; before the first snapshot they are answered with 503.
 ///
+/// `settings` holds the limits every connection and request head must keep to and
+/// the trusted proxies; see [`Settings`].
+///
 /// Bind the listener first (so the port is known and taken), then spawn this.
 pub async fn serve_proxy(
     listener: TcpListener,
     store: ConfigStore,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_with(listener, store, settings, shutdown, Arc::new(PlainTcp)).await
+}
+
+/// The scheme requests on a listener arrive with; put in each request's extensions
+/// for `X-Forwarded-Proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Turns an accepted TCP connection into the stream HTTP is spoken on. It runs in the
+/// connection's own task, so a slow handshake holds up no other client.
+pub(crate) trait Handshake: Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    const SCHEME: Scheme;
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// The cleartext listener: HTTP starts right away.
+struct PlainTcp;
+
+impl Handshake for PlainTcp {
+    type Stream = TcpStream;
+    const SCHEME: Scheme = Scheme::Http;
+    async fn handshake(&self, tcp: TcpStream) -> io::Result<TcpStream> {
+        Ok(tcp)
+    }
+}
+
+/// The accept loop shared by the cleartext and TLS listeners; see [`serve_proxy`].
+pub(crate) async fn serve_with<H: Handshake>(
+    listener: TcpListener,
+    store: ConfigStore,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    handshake: Arc<H>,
+) -> io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    // The connection guard enforces the head limits and timeouts first, with the
+    // right status; hyper's own are backstops that it never lets come into play.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(hyper_backstop(&settings))
+        .max_headers(settings.max_headers)
+        .max_buf_size((2 * settings.max_header_bytes).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
+    let settings = Arc::new(settings);
     // Connections watch `stop` to start their graceful shutdown, and each holds a
     // clone of `done_rx`; `done_tx.closed()` resolves once the last one has ended.
     let (stop_tx, stop_rx) = watch::channel(());
@@ -53,10 +123,11 @@ pub async fn serve_proxy(
         let conn = Connection {
             builder: builder.clone(),
             store: store.clone(),
+            settings: settings.clone(),
             stop: stop_rx.clone(),
             _done: done_rx.clone(),
         };
-        tokio::spawn(conn.serve(stream, peer));
+        tokio::spawn(conn.serve(handshake.clone(), stream, peer));
     }
     drop(listener);
     drop(done_rx);
@@ -64,6 +135,14 @@ pub async fn serve_proxy(
     let _ = stop_tx.send(());
     done_tx.closed().await;
     Ok(())
+}
+
+/// hyper's own header timeout, which also runs while a connection is idle: later
+/// than the guard's idle and header timeouts together (capped, since hyper adds it
+/// to the current time unchecked).
+fn hyper_backstop(settings: &Settings) -> Duration {
+    let year = Duration::from_secs(365 * 24 * 3600);
+    settings.idle_timeout.saturating_add(settings.header_read_timeout).saturating_add(Duration::from_secs(1)).min(year)
 }
 
 /// Errors on accept concern one connection (reset before accept) or the process
@@ -79,26 +158,55 @@ async fn accept_error(e: io::Error) {
 struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     store: ConfigStore,
+    settings: Arc<Settings>,
     stop: watch::Receiver<()>,
     /// Dropped when the connection ends; see [`serve_proxy`].
     _done: watch::Receiver<()>,
 }
 
 impl Connection {
-    async fn serve(mut self, stream: TcpStream, peer: SocketAddr) {
+    async fn serve<H: Handshake>(mut self, handshake: Arc<H>, stream: TcpStream, peer: SocketAddr) {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        let store = self.store.clone();
-        let service = service_fn(move |req| {
-            let store = store.clone();
-            async move { pipeline::handle(req, peer, &store).await }
+        // A connection still in its handshake has no request to finish: shutdown drops it.
+        let stream = tokio::select! {
+            stream = handshake.handshake(stream) => match stream {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "handshake failed");
+                    return;
+                }
+            },
+            _ = self.stop.changed() => return,
+        };
+        let state = Arc::new(ConnState::default());
+        let io = TokioIo::new(Guard::new(stream, state.clone(), &self.settings));
+        let (store, settings, requests) = (self.store.clone(), self.settings.clone(), state.clone());
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(H::SCHEME);
+            let (rejection, in_flight) = requests.begin_request();
+            let (store, settings) = (store.clone(), settings.clone());
+            async move {
+                let response = match rejection {
+                    // A stand-in for a request the guard refused.
+                    Some(rejection) => limits::refusal(rejection).map(Either::Right),
+                    None => proxy_request(req, peer, &store, settings).await,
+                };
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+            }
         });
-        let conn = self.builder.serve_connection(TokioIo::new(stream), service);
+        let conn = self.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
+        let stop = async {
+            tokio::select! {
+                _ = self.stop.changed() => {}
+                () = state.idle_expired() => {}
+            }
+        };
         let result = tokio::select! {
             result = conn.as_mut() => result,
-            _ = self.stop.changed() => {
+            () = stop => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
@@ -107,4 +215,29 @@ impl Connection {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     }
+}
+
+/// One request from the listener's side: who the client is, the limits the guard
+/// cannot check on HTTP/2, then the pipeline.
+async fn proxy_request(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    store: &ConfigStore,
+    settings: Arc<Settings>,
+) -> Response<ProxyBody> {
+    if let Some(rejection) = limits::check_head(&req, &settings) {
+        return limits::refusal(rejection).map(Either::Right);
+    }
+    let peer = Peer::new(peer, &settings);
+    let client = forwarding::client_addr(peer, req.headers(), &settings);
+    // After a request asking to switch protocols the guard passes bytes on unread;
+    // unless the switch happens, the connection must not carry another request.
+    let asks_upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE);
+    req.extensions_mut().insert(peer);
+    req.extensions_mut().insert(settings);
+    let Ok(mut response) = pipeline::handle(req, client, store).await;
+    if asks_upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }

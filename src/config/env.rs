@@ -46,6 +46,52 @@ pub(super) const OPTIONS: &[EnvOption] = &[
         set: |c, v| parse_socket_addr(v).map(|addr| c.gateway.status_listen = addr),
     },
     EnvOption {
+        key: "gateway.tls_listen",
+        vars: &["TURNPIKE_GATEWAY_TLS_LISTEN"],
+        set: |c, v| parse_socket_addr(v).map(|addr| c.gateway.tls_listen = Some(addr)),
+    },
+    EnvOption {
+        key: "gateway.trusted_proxies",
+        vars: &["TURNPIKE_GATEWAY_TRUSTED_PROXIES"],
+        set: |c, v| {
+            let blocks = v.split(',').map(str::trim).filter(|b| !b.is_empty());
+            blocks
+                .map(|b| b.parse().map_err(|e: turnpike_gateway::InvalidCidr| e.to_string()))
+                .collect::<Result<_, _>>()
+                .map(|cidrs| c.gateway.trusted_proxies = cidrs)
+        },
+    },
+    EnvOption {
+        key: "gateway.max_header_bytes",
+        vars: &["TURNPIKE_GATEWAY_MAX_HEADER_BYTES"],
+        set: |c, v| parse_at_least_one(v).map(|n| c.gateway.max_header_bytes = n),
+    },
+    EnvOption {
+        key: "gateway.max_headers",
+        vars: &["TURNPIKE_GATEWAY_MAX_HEADERS"],
+        set: |c, v| parse_at_least_one(v).map(|n| c.gateway.max_headers = n),
+    },
+    EnvOption {
+        key: "gateway.max_uri_bytes",
+        vars: &["TURNPIKE_GATEWAY_MAX_URI_BYTES"],
+        set: |c, v| parse_at_least_one(v).map(|n| c.gateway.max_uri_bytes = n),
+    },
+    EnvOption {
+        key: "gateway.header_read_timeout_secs",
+        vars: &["TURNPIKE_GATEWAY_HEADER_READ_TIMEOUT_SECS"],
+        set: |c, v| parse_at_least_one(v).map(|n| c.gateway.header_read_timeout_secs = n),
+    },
+    EnvOption {
+        key: "gateway.idle_timeout_secs",
+        vars: &["TURNPIKE_GATEWAY_IDLE_TIMEOUT_SECS"],
+        set: |c, v| parse_at_least_one(v).map(|n| c.gateway.idle_timeout_secs = n),
+    },
+    EnvOption {
+        key: "gateway.max_body_bytes",
+        vars: &["TURNPIKE_GATEWAY_MAX_BODY_BYTES"],
+        set: |c, v| parse_at_least_one(v).map(|n| c.gateway.max_body_bytes = std::num::NonZeroU64::new(n)),
+    },
+    EnvOption {
         key: "admin.listen",
         vars: &["TURNPIKE_ADMIN_LISTEN"],
         set: |c, v| parse_socket_addr(v).map(|addr| c.admin.listen = addr),

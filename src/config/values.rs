@@ -165,6 +165,10 @@ pub(super) fn de_socket_addr<'de, D: Deserializer<'de>>(de: D) -> Result<SocketA
     parse_socket_addr(&String::deserialize(de)?).map_err(D::Error::custom)
 }
 
+pub(super) fn de_opt_socket_addr<'de, D: Deserializer<'de>>(de: D) -> Result<Option<SocketAddr>, D::Error> {
+    parse_socket_addr(&String::deserialize(de)?).map(Some).map_err(D::Error::custom)
+}
+
 pub(super) fn de_at_least_one<'de, D, T>(de: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,

@@ -8,6 +8,8 @@ pub mod entities;
 pub mod apis;
 pub mod applications;
 pub mod audit;
+pub mod certificates;
+pub mod credentials;
 pub mod declarative;
 pub mod developers;
 pub mod keys;

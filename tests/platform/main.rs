@@ -6,9 +6,11 @@ mod support;
 
 mod bad_input;
 mod binary;
+mod certificates;
 mod consumers;
 mod declarative;
 mod end_to_end;
+mod key_auth;
 mod lifecycle;
 mod openapi_document;
 mod openapi_import;

@@ -42,6 +42,7 @@ fn document_describes_every_resource_with_bearer_security() {
         "/admin/v1/subscriptions/{id}/approve",
         "/admin/v1/config/snapshot",
         "/admin/v1/audit",
+        "/admin/v1/certificates/{id}",
     ] {
         assert!(paths.contains_key(expected), "missing {expected}");
     }

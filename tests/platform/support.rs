@@ -9,6 +9,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use turnpike_bus::credentials::InProcessCredentials;
 use turnpike_bus::{ConfigBus, InProcessBus};
 use turnpike_domain::secrets::{KeyHasher, generate_secret};
 use turnpike_store::{Actor, Store, tokens};
@@ -105,7 +106,12 @@ impl TestApp {
         if let Some(s) = turnpike_store::snapshots::latest(store.db()).await.unwrap() {
             bus.publish(Arc::new(s)).await.unwrap();
         }
-        let gateway = turnpike_gateway::ConfigStore::new();
+        let credentials = Arc::new(InProcessCredentials::new());
+        let gateway = turnpike_gateway::ConfigStore::with_consumers(turnpike_gateway::consumer::Consumers {
+            credentials: credentials.clone(),
+            hasher: Some(hasher.clone()),
+            limiter: Arc::new(turnpike_gateway::ratelimit::LocalLimiter::default()),
+        });
         tokio::spawn(gateway.clone().follow(bus.subscribe()));
 
         let (stop, stop_rx) = watch::channel(false);
@@ -113,11 +119,16 @@ impl TestApp {
         let gateway_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_url = format!("http://{}", admin_listener.local_addr().unwrap());
         let gateway_url = format!("http://{}", gateway_listener.local_addr().unwrap());
-        let state = turnpike_admin_api::AdminState::new(store.clone(), bus, hasher);
+        let state = turnpike_admin_api::AdminState::new(store.clone(), bus, hasher, credentials);
         let router = turnpike_admin_api::router(state, 1024 * 1024);
         let down = shutdown(&stop_rx);
         tokio::spawn(async move { axum::serve(admin_listener, router).with_graceful_shutdown(down).await });
-        tokio::spawn(turnpike_gateway::serve_proxy(gateway_listener, gateway.clone(), shutdown(&stop_rx)));
+        tokio::spawn(turnpike_gateway::serve_proxy(
+            gateway_listener,
+            gateway.clone(),
+            turnpike_gateway::Settings::default(),
+            shutdown(&stop_rx),
+        ));
 
         TestApp {
             admin_url,
@@ -186,8 +197,17 @@ impl TestApp {
 
     /// Calls the gateway once the newest configuration is applied.
     pub async fn call(&self, method: Method, path: &str) -> Reply {
+        self.call_with(method, path, &[]).await
+    }
+
+    /// Calls the gateway with extra request headers.
+    pub async fn call_with(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.settled().await;
-        let res = self.client.request(method, format!("{}{path}", self.gateway_url)).send().await.unwrap();
+        let mut req = self.client.request(method, format!("{}{path}", self.gateway_url));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let res = req.send().await.unwrap();
         Reply { status: res.status(), headers: res.headers().clone(), body: res.bytes().await.unwrap().to_vec() }
     }
 
@@ -237,6 +257,11 @@ impl Upstream {
                 "method": req.method().as_str(),
                 "path": format!("{}{q}", req.uri().path()),
                 "forwarded_for": req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+                "headers": req
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_owned(), serde_json::Value::from(v.to_str().unwrap_or_default())))
+                    .collect::<serde_json::Map<_, _>>(),
             }))
         });
         let (stop, rx) = watch::channel(false);

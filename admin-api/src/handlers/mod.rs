@@ -2,6 +2,7 @@
 //! needs ([`Admin`](crate::auth::Admin)), parses, calls the store and maps the result.
 
 mod apis;
+mod certificates;
 mod consumers;
 mod plans;
 mod routes;
@@ -18,6 +19,7 @@ pub fn router() -> OpenApiRouter<AdminState> {
     OpenApiRouter::new()
         .merge(tokens::router())
         .merge(upstreams::router())
+        .merge(certificates::router())
         .merge(apis::router())
         .merge(versions::router())
         .merge(routes::router())

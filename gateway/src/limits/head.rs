@@ -1,0 +1,334 @@
+//! The strict reading of an HTTP/1 request head. It runs before hyper sees the bytes
+//! and refuses everything two parsers could read differently (the root of request
+//! smuggling): `Content-Length` with `Transfer-Encoding`, duplicate, empty, signed or
+//! listed lengths, codings other than a lone `chunked`, folded lines, and any NUL, CR
+//! or LF outside a line ending. What it accepts, hyper reads the same way.
+
+use super::Rejection;
+
+/// Limits on a request head; see [`crate::Settings`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    pub max_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri: usize,
+}
+
+/// How the body of a request is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// What the guard needs to know about an accepted head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub framing: Framing,
+    /// The client asks to switch protocols (`Upgrade`); after this request the
+    /// connection may no longer carry HTTP.
+    pub upgrade: bool,
+}
+
+/// Longest method accepted; longer ones are garbage rather than methods.
+const MAX_METHOD: usize = 32;
+
+/// Reads one request head incrementally: feed it the buffer holding the head so far
+/// (from the head's first byte) each time more arrives. Lines already read are not
+/// read again, so a head trickling in byte by byte costs linear time.
+#[derive(Debug, Default)]
+pub struct HeadParser {
+    /// Start of the first line not yet read.
+    pos: usize,
+    request_line: bool,
+    http10: bool,
+    headers: usize,
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    hosts: usize,
+    upgrade: bool,
+}
+
+impl HeadParser {
+    /// `Ok(Some((len, head)))` once the head is complete: its first `len` bytes are
+    /// the head, the rest belongs to the body or later requests. `Ok(None)` while it
+    /// is incomplete and within the limits.
+    pub fn parse(&mut self, buf: &[u8], limits: &HeadLimits) -> Result<Option<(usize, Head)>, Rejection> {
+        while let Some(offset) = buf[self.pos..].iter().position(|&b| b == b'\n') {
+            let end = self.pos + offset + 1;
+            if end > limits.max_bytes {
+                return Err(self.too_large(&buf[self.pos..end], limits));
+            }
+            let line = &buf[self.pos..end - 1];
+            let line = line.strip_suffix(b"\r").ok_or(Rejection::Malformed("a line ends in a bare LF"))?;
+            if line.contains(&b'\r') {
+                return Err(Rejection::Malformed("a line holds a bare CR"));
+            }
+            self.pos = end;
+            if !self.request_line {
+                // At least one empty line before the request line must be ignored
+                // (RFC 9112 §2.2); they still count towards the head's size.
+                if !line.is_empty() {
+                    self.request_line(line, limits)?;
+                }
+            } else if line.is_empty() {
+                return self.finish().map(|head| Some((end, head)));
+            } else {
+                self.header(line, limits)?;
+            }
+        }
+        if buf.len() > limits.max_bytes {
+            return Err(self.too_large(&buf[self.pos..], limits));
+        }
+        if !self.request_line {
+            self.check_partial_request_line(&buf[self.pos..], limits)?;
+        }
+        Ok(None)
+    }
+
+    /// 414 when the excess is in the request target, 431 otherwise.
+    fn too_large(&self, line: &[u8], limits: &HeadLimits) -> Rejection {
+        match self.check_partial_request_line(line, limits) {
+            Err(r) if !self.request_line => r,
+            _ => Rejection::HeadTooLarge,
+        }
+    }
+
+    /// Refuses a request line as soon as its beginning shows it will be refused, so
+    /// that a long target is answered with 414 without waiting for its end.
+    fn check_partial_request_line(&self, line: &[u8], limits: &HeadLimits) -> Result<(), Rejection> {
+        let line = line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\r")).unwrap_or(line);
+        match line.iter().position(|&b| b == b' ') {
+            None if line.len() > MAX_METHOD => Err(Rejection::Malformed("the method is too long")),
+            None => Ok(()),
+            Some(sp) => {
+                let rest = &line[sp + 1..];
+                let target = rest.iter().position(|&b| b == b' ').map_or(rest, |end| &rest[..end]);
+                if target.len() > limits.max_uri { Err(Rejection::UriTooLong) } else { Ok(()) }
+            }
+        }
+    }
+
+    fn request_line(&mut self, line: &[u8], limits: &HeadLimits) -> Result<(), Rejection> {
+        self.check_partial_request_line(line, limits)?;
+        let mut parts = line.split(|&b| b == b' ');
+        let (Some(method), Some(target), Some(version), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Rejection::Malformed("the request line is not `method target version`"));
+        };
+        if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
+            return Err(Rejection::Malformed("invalid method"));
+        }
+        if method == b"CONNECT" {
+            return Err(Rejection::Malformed("CONNECT is not supported"));
+        }
+        if target.is_empty() || !target.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
+            return Err(Rejection::Malformed("invalid request target"));
+        }
+        self.http10 = match version {
+            b"HTTP/1.1" => false,
+            b"HTTP/1.0" => true,
+            _ => return Err(Rejection::Malformed("unsupported HTTP version")),
+        };
+        self.request_line = true;
+        Ok(())
+    }
+
+    fn header(&mut self, line: &[u8], limits: &HeadLimits) -> Result<(), Rejection> {
+        self.headers += 1;
+        if self.headers > limits.max_headers {
+            return Err(Rejection::TooManyHeaders);
+        }
+        let (name, value) = field_line(line)?;
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if self.content_length.is_some() {
+                return Err(Rejection::Malformed("duplicate Content-Length"));
+            }
+            self.content_length = Some(content_length(value)?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if self.transfer_encoding {
+                return Err(Rejection::Malformed("duplicate Transfer-Encoding"));
+            }
+            if !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(Rejection::Malformed("Transfer-Encoding other than chunked"));
+            }
+            self.transfer_encoding = true;
+        } else if name.eq_ignore_ascii_case(b"host") {
+            self.hosts += 1;
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            self.upgrade = true;
+        }
+        Ok(())
+    }
+
+    fn finish(&self) -> Result<Head, Rejection> {
+        if self.transfer_encoding && self.content_length.is_some() {
+            return Err(Rejection::Malformed("Content-Length with Transfer-Encoding"));
+        }
+        if self.transfer_encoding && self.http10 {
+            return Err(Rejection::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        match self.hosts {
+            0 if !self.http10 => return Err(Rejection::Malformed("missing Host")),
+            0 | 1 => {}
+            _ => return Err(Rejection::Malformed("duplicate Host")),
+        }
+        let framing = match (self.transfer_encoding, self.content_length) {
+            (true, _) => Framing::Chunked,
+            (false, Some(0) | None) => Framing::Empty,
+            (false, Some(n)) => Framing::Length(n),
+        };
+        Ok(Head { framing, upgrade: self.upgrade && !self.http10 })
+    }
+}
+
+/// Splits a header (or trailer) field line into its name and trimmed value,
+/// refusing folded lines, bad names, whitespace before the colon and control
+/// characters in the value.
+pub fn field_line(line: &[u8]) -> Result<(&[u8], &[u8]), Rejection> {
+    if matches!(line.first(), Some(b' ' | b'\t')) {
+        return Err(Rejection::Malformed("obsolete line folding"));
+    }
+    let colon = line.iter().position(|&b| b == b':').ok_or(Rejection::Malformed("a header line has no colon"))?;
+    let name = &line[..colon];
+    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+        return Err(Rejection::Malformed("invalid header name"));
+    }
+    let value = line[colon + 1..].trim_ascii();
+    if !value.iter().all(|&b| b == b'\t' || (0x20..=0x7e).contains(&b) || b >= 0x80) {
+        return Err(Rejection::Malformed("invalid character in a header value"));
+    }
+    Ok((name, value))
+}
+
+/// A `Content-Length` value: digits only (no sign, no list), fitting in 64 bits.
+fn content_length(value: &[u8]) -> Result<u64, Rejection> {
+    if value.is_empty() {
+        return Err(Rejection::Malformed("empty Content-Length"));
+    }
+    if !value.iter().all(u8::is_ascii_digit) {
+        return Err(Rejection::Malformed("Content-Length is not a number"));
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or(Rejection::Malformed("Content-Length is too large"))
+}
+
+/// A token character (RFC 9110 §5.6.2).
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits { max_bytes: 256, max_headers: 4, max_uri: 40 };
+
+    fn parse(head: &str) -> Result<Option<(usize, Head)>, Rejection> {
+        HeadParser::default().parse(head.as_bytes(), &LIMITS)
+    }
+
+    fn head(text: &str) -> Head {
+        let (len, head) = parse(text).unwrap().unwrap_or_else(|| panic!("incomplete: {text:?}"));
+        assert_eq!(len, text.find("\r\n\r\n").unwrap() + 4);
+        head
+    }
+
+    fn refused(text: &str) -> Rejection {
+        parse(text).expect_err(text)
+    }
+
+    #[test]
+    fn plain_heads_are_read_with_their_framing() {
+        let h = head("GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(h, Head { framing: Framing::Empty, upgrade: false });
+        assert_eq!(head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\nbody").framing, Framing::Length(12));
+        assert_eq!(head("POST / HTTP/1.1\r\nHost: x\r\ncontent-length:  0 \r\n\r\n").framing, Framing::Empty);
+        assert_eq!(head("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n").framing, Framing::Chunked);
+        assert!(head("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n").upgrade);
+        assert!(!head("GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\n").upgrade, "HTTP/1.0 has no upgrades");
+        assert_eq!(head("\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n").framing, Framing::Empty, "leading empty line");
+    }
+
+    #[test]
+    fn heads_are_read_incrementally() {
+        let text = b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\nnext";
+        let mut parser = HeadParser::default();
+        for end in 1..text.len() - 4 {
+            assert_eq!(parser.parse(&text[..end], &LIMITS), Ok(None), "{end}");
+        }
+        assert_eq!(parser.parse(text, &LIMITS).unwrap().unwrap().0, text.len() - 4);
+    }
+
+    #[test]
+    fn ambiguous_lengths_are_refused() {
+        let cases = [
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x10\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ];
+        for case in cases {
+            assert!(matches!(refused(case), Rejection::Malformed(_)), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn bad_characters_and_folding_are_refused() {
+        let cases = [
+            "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n\tX-A: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\nX-A: 1\r\n\r\n",
+            "GET / HTTP/1.1\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX A: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX-A : 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n",
+            "GET  / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /\x7f HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+            "G(T / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+        ];
+        for case in cases {
+            assert!(matches!(refused(case), Rejection::Malformed(_)), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn limits_answer_414_and_431() {
+        let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(40));
+        assert_eq!(refused(&long_target), Rejection::UriTooLong);
+        // Known before the request line ends.
+        assert_eq!(refused(&format!("GET /{}", "a".repeat(41))), Rejection::UriTooLong);
+        assert_eq!(refused(&format!("GET /{}", "a".repeat(300))), Rejection::UriTooLong);
+        assert!(parse(&format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(39))).unwrap().is_some());
+        let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", "X-A: 1\r\n".repeat(4));
+        assert_eq!(refused(&many), Rejection::TooManyHeaders);
+        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-A: {}\r\n\r\n", "v".repeat(256));
+        assert_eq!(refused(&big), Rejection::HeadTooLarge);
+        let unterminated = format!("GET / HTTP/1.1\r\nHost: x\r\nX-A: {}", "v".repeat(256));
+        assert_eq!(refused(&unterminated), Rejection::HeadTooLarge, "refused before the line ends");
+        assert!(matches!(refused(&"A".repeat(33)), Rejection::Malformed(_)));
+    }
+}
