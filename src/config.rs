@@ -24,6 +24,8 @@ pub const CONFIG_FILE_ENV: &str = "TURNPIKE_CONFIG";
 const SQLITE_FILE: &str = "turnpike.db";
 /// File name of the generated server secret inside `data_dir`.
 const SECRET_FILE: &str = "secret.key";
+/// File name of the gateway's last-known-good snapshot inside `data_dir`.
+const SNAPSHOT_FILE: &str = "gateway-snapshot.json";
 /// Shortest server secret accepted: keyed hashes are HMAC-SHA256, whose key should be at least as
 /// long as its output.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -91,6 +93,15 @@ pub struct GatewayConfig {
     pub idle_timeout_secs: u64,
     /// Largest request body for API versions whose policies set none; no limit when unset.
     pub max_body_bytes: Option<std::num::NonZeroU64>,
+    /// Seconds a client may leave a request body being forwarded without sending more: 408 beyond.
+    #[serde(deserialize_with = "values::de_at_least_one")]
+    pub body_read_timeout_secs: u64,
+    /// Seconds a client may leave a response unread before the connection is closed.
+    #[serde(deserialize_with = "values::de_at_least_one")]
+    pub send_timeout_secs: u64,
+    /// The last-known-good snapshot file; `None` means `<data_dir>/gateway-snapshot.json`. Use
+    /// [`Config::gateway_snapshot_file`] to get the resolved path.
+    pub snapshot_file: Option<PathBuf>,
 }
 
 /// The admin API and admin console.
@@ -179,6 +190,9 @@ impl Default for GatewayConfig {
             header_read_timeout_secs: proxy.header_read_timeout.as_secs(),
             idle_timeout_secs: proxy.idle_timeout.as_secs(),
             max_body_bytes: None,
+            body_read_timeout_secs: proxy.body_read_timeout.as_secs(),
+            send_timeout_secs: proxy.send_timeout.as_secs(),
+            snapshot_file: None,
         }
     }
 }
@@ -194,6 +208,8 @@ impl GatewayConfig {
             header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
             max_body_bytes: self.max_body_bytes.map(std::num::NonZeroU64::get),
+            body_read_timeout: std::time::Duration::from_secs(self.body_read_timeout_secs),
+            send_timeout: std::time::Duration::from_secs(self.send_timeout_secs),
         }
     }
 }
@@ -284,6 +300,11 @@ impl Config {
             Some(url) => url.as_str().to_owned(),
             None => sqlite_url(&self.data_dir.join(SQLITE_FILE)),
         }
+    }
+
+    /// The gateway's last-known-good snapshot file, resolving the `data_dir` default.
+    pub fn gateway_snapshot_file(&self) -> PathBuf {
+        self.gateway.snapshot_file.clone().unwrap_or_else(|| self.data_dir.join(SNAPSHOT_FILE))
     }
 
     /// Where to read the server secret from, resolving the `data_dir` default.
@@ -513,6 +534,9 @@ mod tests {
                 ("TURNPIKE_GATEWAY_HEADER_READ_TIMEOUT_SECS", "5"),
                 ("TURNPIKE_GATEWAY_IDLE_TIMEOUT_SECS", "30"),
                 ("TURNPIKE_GATEWAY_MAX_BODY_BYTES", "1048576"),
+                ("TURNPIKE_GATEWAY_BODY_READ_TIMEOUT_SECS", "6"),
+                ("TURNPIKE_GATEWAY_SEND_TIMEOUT_SECS", "7"),
+                ("TURNPIKE_GATEWAY_SNAPSHOT_FILE", "/s/snap.json"),
                 ("TURNPIKE_ADMIN_LISTEN", "127.0.0.1:3"),
                 ("TURNPIKE_ADMIN_MAX_BODY_BYTES", "1024"),
                 ("TURNPIKE_PORTAL_LISTEN", "127.0.0.1:4"),
@@ -536,6 +560,9 @@ mod tests {
                 header_read_timeout_secs: 5,
                 idle_timeout_secs: 30,
                 max_body_bytes: std::num::NonZeroU64::new(1_048_576),
+                body_read_timeout_secs: 6,
+                send_timeout_secs: 7,
+                snapshot_file: Some("/s/snap.json".into()),
             },
             admin: AdminConfig { listen: localhost(3), max_body_bytes: 1024 },
             portal: PortalConfig { listen: localhost(4) },
@@ -556,6 +583,12 @@ mod tests {
         assert_eq!(settings.trusted_proxies, ["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()]);
         assert_eq!(settings.max_body_bytes, Some(5));
         assert_eq!(settings.idle_timeout, std::time::Duration::from_secs(7));
+        let config = load("[gateway]\nbody_read_timeout_secs = 2\nsend_timeout_secs = 3\n", &[]).unwrap();
+        let settings = config.gateway.proxy_settings();
+        assert_eq!(settings.body_read_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(settings.send_timeout, std::time::Duration::from_secs(3));
+        let err = load_err("", &[("TURNPIKE_GATEWAY_SEND_TIMEOUT_SECS", "0")]);
+        assert!(err.starts_with("gateway.send_timeout_secs (TURNPIKE_GATEWAY_SEND_TIMEOUT_SECS): "), "{err}");
 
         let err = load_err("[gateway]\ntrusted_proxies = [\"10.0.0.300/8\"]\n", &[]);
         assert!(err.starts_with("gateway.trusted_proxies[0] (turnpike.toml, line 2): "), "{err}");
@@ -781,6 +814,14 @@ mod tests {
         assert!(!addresses_collide(a("127.0.0.1:80"), a("127.0.0.1:81")));
         // Tests bind every plane to port 0.
         assert!(!addresses_collide(a("127.0.0.1:0"), a("127.0.0.1:0")));
+    }
+
+    #[test]
+    fn the_snapshot_file_defaults_to_the_data_dir() {
+        let config = load("data_dir = \"/var/lib/tp\"\n", &[]).unwrap();
+        assert_eq!(config.gateway_snapshot_file(), Path::new("/var/lib/tp/gateway-snapshot.json"));
+        let config = load("[gateway]\nsnapshot_file = \"/srv/lkg.json\"\n", &[]).unwrap();
+        assert_eq!(config.gateway_snapshot_file(), Path::new("/srv/lkg.json"));
     }
 
     #[test]

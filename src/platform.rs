@@ -1,6 +1,10 @@
 //! Start-up and shutdown of the planes: opens the store, loads the server secret,
 //! creates the bootstrap admin token, binds every listener before serving anything,
 //! and wires the configuration bus between the admin API and the gateway.
+//!
+//! A gateway-only node (`turnpike gateway`) does not need its database to start: it
+//! serves its last-known-good snapshot file and connects to the store in the
+//! background, retrying until it can.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -25,6 +29,8 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
 /// How often a gateway looks for a newer snapshot in the store.
 const SNAPSHOT_POLL: Duration = Duration::from_secs(1);
+/// Longest pause between two attempts of a gateway-only node to reach its database.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Connects to the configured database and applies pending migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -125,6 +131,42 @@ fn on_shutdown(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 
     }
 }
 
+/// Attempts of a gateway-only node to open its store, spaced out with a doubling
+/// pause (up to [`STORE_RETRY_MAX`]) so an outage does not flood the log.
+#[derive(Default)]
+struct Reconnect {
+    failures: u32,
+    next: Option<tokio::time::Instant>,
+}
+
+impl Reconnect {
+    /// Opens the store if it is time to try; `None` when it is not or it failed.
+    async fn attempt(&mut self, config: &Config) -> Option<Store> {
+        if self.next.is_some_and(|next| tokio::time::Instant::now() < next) {
+            return None;
+        }
+        match open_store(config).await {
+            Ok(store) => {
+                if self.failures > 0 {
+                    tracing::info!(attempts = self.failures + 1, "connected to the database");
+                }
+                Some(store)
+            }
+            Err(e) => {
+                self.failures += 1;
+                let pause = SNAPSHOT_POLL.saturating_mul(1 << self.failures.min(5)).min(STORE_RETRY_MAX);
+                self.next = Some(tokio::time::Instant::now() + pause);
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_in = ?pause,
+                    "cannot reach the database; the gateway serves its current configuration meanwhile"
+                );
+                None
+            }
+        }
+    }
+}
+
 /// Runs `planes` until SIGINT/SIGTERM, then shuts them down gracefully.
 pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
     let runs = |p: Plane| planes.contains(&p);
@@ -138,20 +180,25 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
         listeners.remove(i).1
     };
 
-    let store = Arc::new(open_store(config).await?);
+    // The admin API and portal cannot work without the store; a gateway-only node
+    // connects in the background (below) and meanwhile serves its last-known-good file.
+    let gateway_only = planes == [Plane::Gateway];
+    let store = if gateway_only { None } else { Some(Arc::new(open_store(config).await?)) };
     let hasher = load_secret(config)?;
     let bus = Arc::new(InProcessBus::new());
-    if runs(Plane::Admin) {
-        bootstrap_admin(config, &store, &hasher).await?;
-        // Compile the first snapshot of a fresh store (or one changed by an older
-        // version of Turnpike) so gateways can become ready.
-        if let Some(s) = store.change(&Actor("system".into())).await?.commit().await? {
-            tracing::info!(version = s.version, "compiled configuration snapshot");
-        }
-    }
-    publish_latest(&store, &bus).await?;
     let credentials = Arc::new(InProcessCredentials::new());
-    credentials.replace_all(turnpike_store::credentials::load_all(store.db()).await?);
+    if let Some(store) = &store {
+        if runs(Plane::Admin) {
+            bootstrap_admin(config, store, &hasher).await?;
+            // Compile the first snapshot of a fresh store (or one changed by an older
+            // version of Turnpike) so gateways can become ready.
+            if let Some(s) = store.change(&Actor("system".into())).await?.commit().await? {
+                tracing::info!(version = s.version, "compiled configuration snapshot");
+            }
+        }
+        publish_latest(store, &bus).await?;
+        credentials.replace_all(turnpike_store::credentials::load_all(store.db()).await?);
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
@@ -162,28 +209,37 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
             credentials: credentials.clone(),
             hasher: Some(hasher.clone()),
             limiter: Arc::new(turnpike_gateway::ratelimit::LocalLimiter::default()),
-        });
+        })
+        // Before the bus delivers anything: a node whose control plane is down serves
+        // the configuration it last had.
+        .with_last_known_good(turnpike_gateway::LastKnownGood::new(config.gateway_snapshot_file()));
         // The follower ends when the bus is dropped, at shutdown.
         tokio::spawn(gateway.clone().follow(bus.subscribe()));
         {
             // Changes made by other processes (other admin nodes, `config import`)
             // arrive through the shared store; this process's own admin writes are
             // published at once and make the poll a no-op.
-            let (store, bus, credentials, mut stop) =
-                (store.clone(), bus.clone(), credentials.clone(), stop_rx.clone());
+            let (bus, credentials, mut stop) = (bus.clone(), credentials.clone(), stop_rx.clone());
+            let (mut store, config) = (store.clone(), config.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(SNAPSHOT_POLL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut reconnect = Reconnect::default();
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
                         _ = stop.wait_for(|s| *s) => break,
                     }
-                    if let Err(e) = publish_latest(&store, &bus).await {
+                    if store.is_none() {
+                        store = reconnect.attempt(&config).await.map(Arc::new);
+                    }
+                    let Some(db) = store.clone() else { continue };
+                    if let Err(e) = publish_latest(&db, &bus).await {
                         tracing::warn!(error = %e, "could not read the newest snapshot; keeping the current one");
                     }
                     // Whole-table reload: simple and bounded by the number of keys;
                     // the Redis credential store replaces it for clusters.
-                    match turnpike_store::credentials::load_all(store.db()).await {
+                    match turnpike_store::credentials::load_all(db.db()).await {
                         Ok(all) => credentials.replace_all(all),
                         Err(e) => tracing::warn!(error = %e, "could not reload credentials; keeping the current ones"),
                     }
@@ -211,8 +267,8 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
         let listener = take("admin.listen");
         let addr = listener.local_addr()?;
         urls.push(format!("admin API     http://{addr}/admin/v1   (docs: http://{addr}/admin/docs)"));
-        let state =
-            turnpike_admin_api::AdminState::new(store.clone(), bus.clone(), hasher.clone(), credentials.clone());
+        let store = store.clone().expect("the admin plane opens the store at start");
+        let state = turnpike_admin_api::AdminState::new(store, bus.clone(), hasher.clone(), credentials.clone());
         let app = turnpike_admin_api::router(state, config.admin.max_body_bytes);
         let shutdown = on_shutdown(&stop_rx);
         tasks.spawn(async move { Ok(axum::serve(listener, app).with_graceful_shutdown(shutdown).await?) });

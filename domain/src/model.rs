@@ -101,7 +101,9 @@ pub enum HashOn {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Target {
-    /// `http://host:port` or `https://host:port`, optionally with a path prefix.
+    /// `http://host:port` or `https://host:port`, optionally with a path prefix; or
+    /// `h2c://host:port` for HTTP/2 over cleartext with prior knowledge (gRPC
+    /// services without TLS).
     pub url: String,
     /// Relative share of traffic, 1..=1000.
     #[serde(default = "default_weight")]
@@ -278,6 +280,52 @@ pub struct RouteSpec {
     /// Headers that must be present with exactly these values.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+}
+
+/// How clients choose among an API's versions. Every version is always served under
+/// its own base path (`/pets/v1/...`); `header` and `query` add one more base path,
+/// shared by the API's versions, under which a request header or query parameter
+/// names the version by its label (`GET /pets/dogs` with `api-version: v2`).
+///
+/// Through a JSON merge patch, `{"versioning": null}` goes back to `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Versioning {
+    /// Versions only by their own base paths.
+    #[default]
+    Path,
+    /// Under `base_path`, the request header `name` holds the version label.
+    Header(VersionSelector),
+    /// Under `base_path`, the query parameter `name` holds the version label.
+    Query(VersionSelector),
+}
+
+impl Versioning {
+    /// The selector of `header` and `query` versioning.
+    pub fn selector(&self) -> Option<&VersionSelector> {
+        match self {
+            Versioning::Path => None,
+            Versioning::Header(s) | Versioning::Query(s) => Some(s),
+        }
+    }
+}
+
+/// Where a header or query parameter picks the version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct VersionSelector {
+    /// Header or query parameter name, e.g. `api-version`.
+    pub name: String,
+    /// Path prefix under which the version is selected; must differ from every
+    /// version's base path. The rest of the path is matched against the chosen
+    /// version's routes as if it were under that version's own base path.
+    pub base_path: String,
+    /// Label of the version for requests that do not name one; without it such
+    /// requests answer 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
 }
 
 /// A requests-per-window limit.

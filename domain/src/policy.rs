@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::RateLimit;
 
+mod jwt;
+pub use jwt::{InvalidSecret, JwtAlgorithm, JwtPolicy, JwtSecret, SecretEncoding};
+
 /// Every policy of a version; all are off by default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -16,6 +19,10 @@ pub struct Policies {
     /// Require an API key belonging to an approved subscription of the version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_auth: Option<KeyAuth>,
+    /// Require a signed JSON Web Token. With `key_auth` too, both are required: the
+    /// key names the application (plan, limits), the token the user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtPolicy>,
     /// Client IP allow and deny lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpRules>,
@@ -141,6 +148,9 @@ pub fn validate(p: &Policies) -> Result<(), Vec<crate::validate::ValidationError
                 "must be 1-64 letters, digits, '-', '_' or '.'",
             )));
         }
+    }
+    if let Some(jwt) = &p.jwt {
+        jwt::validate(&mut v, jwt, p.key_auth.as_ref());
     }
     if let Some(ip) = &p.ip {
         for (list, entries) in [("allow", &ip.allow), ("deny", &ip.deny)] {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::{Quota, RateLimit, RouteSpec, UpstreamSpec, VersionState};
+use crate::model::{Quota, RateLimit, RouteSpec, UpstreamSpec, VersionState, Versioning};
 use crate::policy::Policies;
 
 /// An upstream as the gateway sees it.
@@ -45,6 +45,22 @@ pub struct SnapshotVersion {
     pub successor_base_path: Option<String>,
     pub routes: Vec<SnapshotRoute>,
     pub policies: Policies,
+    /// The version's OpenAPI document, carried only when its policies validate
+    /// requests against it (so snapshots stay small otherwise); left out when absent
+    /// so that other snapshots keep their checksums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openapi: Option<serde_json::Value>,
+}
+
+/// An API whose versions are also chosen by a header or query parameter under a
+/// base path of their own (see [`Versioning`]); the candidates are the API's
+/// versions in [`SnapshotContent::versions`], by label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSelector {
+    pub api_id: String,
+    pub api_slug: String,
+    /// `header` or `query`; `path` is never listed.
+    pub versioning: Versioning,
 }
 
 /// A plan's limits, applied to every consumer subscribed under it.
@@ -82,6 +98,10 @@ pub struct SnapshotContent {
     pub plans: Vec<SnapshotPlan>,
     #[serde(default)]
     pub certificates: Vec<SnapshotCertificate>,
+    /// Left out when empty, so that snapshots without selectors keep the checksums
+    /// they had before selectors existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selectors: Vec<SnapshotSelector>,
 }
 
 impl SnapshotContent {
@@ -91,6 +111,7 @@ impl SnapshotContent {
         self.versions.sort_by(|a, b| a.id.cmp(&b.id));
         self.plans.sort_by(|a, b| a.id.cmp(&b.id));
         self.certificates.sort_by(|a, b| a.id.cmp(&b.id));
+        self.selectors.sort_by(|a, b| a.api_id.cmp(&b.api_id));
         for v in &mut self.versions {
             v.routes.sort_by(|a, b| a.id.cmp(&b.id));
         }
@@ -190,6 +211,31 @@ mod tests {
         assert!(b.supersedes(Some(&a)));
         assert!(!a.supersedes(Some(&b)));
         assert!(!a.supersedes(Some(&a)));
+    }
+
+    #[test]
+    fn selectors_are_sorted_and_absent_when_empty() {
+        use crate::model::VersionSelector;
+        let empty = serde_json::to_value(content()).unwrap();
+        assert!(empty.get("selectors").is_none(), "older snapshots keep their checksum: {empty}");
+        let selector = |api: &str| SnapshotSelector {
+            api_id: api.into(),
+            api_slug: api.into(),
+            versioning: Versioning::Header(VersionSelector {
+                name: "api-version".into(),
+                base_path: format!("/{api}"),
+                default: None,
+            }),
+        };
+        let mut a = content();
+        a.selectors = vec![selector("b"), selector("a")];
+        let mut b = content();
+        b.selectors = vec![selector("a"), selector("b")];
+        let (a, b) = (Snapshot::compile(1, a, Utc::now()), Snapshot::compile(1, b, Utc::now()));
+        assert_eq!(a.checksum, b.checksum);
+        assert_eq!(a.content.selectors[0].api_id, "a");
+        let json = serde_json::to_string(&a.content).unwrap();
+        assert_eq!(serde_json::from_str::<SnapshotContent>(&json).unwrap(), a.content);
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use crate::model::{HashOn, HealthCheck, LoadBalancing, Quota, RateLimit, RouteSpec, Timeouts, UpstreamSpec};
+use crate::model::{
+    HashOn, HealthCheck, LoadBalancing, Quota, RateLimit, RouteSpec, Timeouts, UpstreamSpec, Versioning,
+};
 
 /// One rejected input: which field, and why, in words meant for the person who sent it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
@@ -339,7 +341,9 @@ pub fn header_value(field: &str, value: &str) -> Check {
     Ok(())
 }
 
-/// Where an upstream target lives: `http(s)://host[:port][/path-prefix]`.
+/// Where an upstream target lives: `http(s)://host[:port][/path-prefix]`, or
+/// `h2c://host[:port][/path-prefix]` for HTTP/2 over cleartext with prior knowledge
+/// (the gateway speaks HTTP/2 to it from the first byte; gRPC without TLS).
 ///
 /// Parsed by hand rather than with the `url` crate because we want to refuse, not
 /// normalize, anything unusual: no user info, query, fragment, or trailing `/`
@@ -348,8 +352,8 @@ pub fn target_url(field: &str, value: &str) -> Check {
     if value.len() > MAX_URL {
         return fail(field, format!("must be at most {MAX_URL} characters"));
     }
-    let Some(rest) = value.strip_prefix("http://").or_else(|| value.strip_prefix("https://")) else {
-        return fail(field, "must start with http:// or https://");
+    let Some(rest) = ["http://", "https://", "h2c://"].into_iter().find_map(|scheme| value.strip_prefix(scheme)) else {
+        return fail(field, "must start with http://, https:// or h2c://");
     };
     if value.contains('?') || value.contains('#') {
         return fail(field, "must not contain a query ('?') or fragment ('#')");
@@ -410,6 +414,39 @@ pub fn target_url(field: &str, value: &str) -> Check {
         }
     }
     Ok(())
+}
+
+const MAX_QUERY_NAME: usize = 100;
+
+/// How an API's versions are chosen (see [`Versioning`]): a header name, or a query
+/// parameter name of unreserved characters (so that it needs no percent-encoding),
+/// a base path like a version's, and a default that is a label.
+pub fn versioning(value: &Versioning) -> Result<(), Vec<ValidationError>> {
+    let mut v = Validator::new();
+    let Some(selector) = value.selector() else { return Ok(()) };
+    match value {
+        Versioning::Header(_) => {
+            v.check(header_name("versioning.name", &selector.name));
+        }
+        _ => {
+            let name = &selector.name;
+            if name.is_empty() {
+                v.check(fail("versioning.name", "must not be empty"));
+            } else if name.len() > MAX_QUERY_NAME {
+                v.check(fail("versioning.name", format!("must be at most {MAX_QUERY_NAME} characters")));
+            } else if let Some(c) = name.chars().find(|c| !is_unreserved(*c)) {
+                v.check(fail(
+                    "versioning.name",
+                    format!("may only contain letters, digits, '-', '.', '_' and '~' (found {c:?})"),
+                ));
+            }
+        }
+    }
+    v.check(base_path("versioning.base_path", &selector.base_path));
+    if let Some(default) = &selector.default {
+        v.check(label("versioning.default", default));
+    }
+    v.finish()
 }
 
 /// Tags on an API: at most 20, each slug-like and at most 50 characters, no repeats.
@@ -703,6 +740,8 @@ mod tests {
                 "http://[::1]:9000",
                 "http://[2001:db8::1]",
                 "http://svc/a%20b",
+                "h2c://grpc.internal:50051",
+                "h2c://127.0.0.1:9000/base",
             ],
         );
         rejects(
@@ -711,6 +750,8 @@ mod tests {
                 "",
                 "localhost:8080",
                 "ftp://example.com",
+                "h2://example.com",
+                "h2c://",
                 "HTTP://example.com",
                 "http://",
                 "http:///path",
@@ -732,6 +773,44 @@ mod tests {
                 "http://exa mple.com",
             ],
         );
+    }
+
+    #[test]
+    fn versioning_modes_parse_and_validate() {
+        use crate::model::VersionSelector;
+        let parse = |v: serde_json::Value| serde_json::from_value::<Versioning>(v);
+        assert_eq!(parse(serde_json::json!({"mode": "path"})).unwrap(), Versioning::Path);
+        let header =
+            parse(serde_json::json!({"mode": "header", "name": "api-version", "base_path": "/pets", "default": "v2"}))
+                .unwrap();
+        let selector =
+            VersionSelector { name: "api-version".into(), base_path: "/pets".into(), default: Some("v2".into()) };
+        assert_eq!(header, Versioning::Header(selector.clone()));
+        assert_eq!(versioning(&header), Ok(()));
+        let query = parse(serde_json::json!({"mode": "query", "name": "version", "base_path": "/pets"})).unwrap();
+        assert_eq!(
+            serde_json::to_value(&query).unwrap(),
+            serde_json::json!({"mode": "query", "name": "version", "base_path": "/pets"})
+        );
+        assert!(parse(serde_json::json!({"mode": "header", "name": "v", "base_path": "/p", "extra": 1})).is_err());
+        assert!(parse(serde_json::json!({"mode": "cookie"})).is_err());
+        assert!(parse(serde_json::json!({"mode": "header", "base_path": "/p"})).is_err(), "name is required");
+        // What a merge patch back to `path` leaves behind is ignored.
+        assert_eq!(
+            parse(serde_json::json!({"mode": "path", "name": "x", "base_path": "/p"})).unwrap(),
+            Versioning::Path
+        );
+
+        let bad = Versioning::Query(VersionSelector {
+            name: "ver sion".into(),
+            base_path: "/pets/".into(),
+            default: Some("-v2".into()),
+        });
+        let fields: Vec<_> = versioning(&bad).unwrap_err().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["versioning.name", "versioning.base_path", "versioning.default"]);
+        let bad_header = Versioning::Header(VersionSelector { name: "api version".into(), ..selector });
+        assert_eq!(versioning(&bad_header).unwrap_err()[0].field, "versioning.name");
+        assert_eq!(versioning(&Versioning::Path), Ok(()));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! compiled configuration it started with, so a swap never changes a request midway.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderMap;
 use serde::Serialize;
@@ -14,7 +15,9 @@ use turnpike_domain::policy::Policies;
 use turnpike_domain::snapshot::{Snapshot, SnapshotError, SnapshotPlan};
 
 use crate::consumer::Consumers;
+use crate::jwks::{JwksCache, JwksSettings};
 use crate::lifecycle::{Deprecation, deprecation_headers};
+use crate::lkg::{LastKnownGood, LoadError, Writer};
 use crate::policy::VersionPolicies;
 use crate::policy::cache::{DEFAULT_CAPACITY_BYTES, ResponseCache};
 use crate::registry::UpstreamRuntime;
@@ -28,6 +31,10 @@ pub enum ApplyError {
     Corrupt(#[from] SnapshotError),
     #[error("snapshot {offered} does not supersede the applied snapshot {current}")]
     Stale { offered: u64, current: u64 },
+    /// An empty snapshot from a control plane that is behind the last-known-good
+    /// file (emptied, or pointed at a fresh database): it does not replace the file's.
+    #[error("snapshot {offered} is empty and not newer than the last-known-good snapshot {current}")]
+    EmptyBehindFile { offered: u64, current: u64 },
 }
 
 /// A snapshot compiled for serving.
@@ -40,11 +47,21 @@ pub struct CompiledConfig {
     pub(crate) plans: HashMap<String, SnapshotPlan>,
     /// TLS certificates by host, for the TLS listener's SNI choice.
     pub(crate) certificates: crate::tls::Certificates,
+    /// Whether the bus delivered this configuration; false while it comes only from
+    /// the last-known-good file (see [`crate::lkg`]).
+    from_bus: AtomicBool,
+    /// Whether the snapshot has no API version at all.
+    empty: bool,
 }
 
 impl CompiledConfig {
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Where the configuration came from.
+    pub fn source(&self) -> ConfigSource {
+        if self.from_bus.load(Ordering::Relaxed) { ConfigSource::Bus } else { ConfigSource::LastKnownGood }
     }
 
     pub fn checksum(&self) -> &str {
@@ -64,6 +81,22 @@ pub(crate) struct RoutedVersion {
     pub policies: Policies,
     /// IP rules, CORS, header transforms and cache, compiled once per snapshot.
     pub policy: VersionPolicies,
+    /// Request validation against the version's OpenAPI document, when its policies
+    /// ask for it; compiled once per snapshot.
+    pub validation: Option<crate::validation::Validator>,
+    /// The `jwt` policy, compiled once per snapshot (keys resolved or fetching).
+    pub jwt: Option<crate::jwt::JwtAuth>,
+}
+
+/// Where the applied configuration came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfigSource {
+    /// The configuration bus (the control plane), directly or confirming the file.
+    Bus,
+    /// Only the last-known-good file read at start: the control plane has not been
+    /// heard from since.
+    LastKnownGood,
 }
 
 /// What the status listener reports.
@@ -73,6 +106,11 @@ pub struct ConfigStatus {
     pub ready: bool,
     pub config_version: Option<u64>,
     pub config_checksum: Option<String>,
+    /// Where the applied snapshot came from; `None` before the first.
+    pub source: Option<ConfigSource>,
+    /// True while the gateway serves the last-known-good file without having heard
+    /// from the bus: it routes, but may be behind the control plane.
+    pub degraded: bool,
 }
 
 /// Holds the applied configuration; cheap to clone (all clones share it).
@@ -89,6 +127,10 @@ struct Inner {
     consumers: Consumers,
     /// Cached responses; outlives snapshots (see `policy::cache`).
     responses: Arc<ResponseCache>,
+    /// Saves applied snapshots as last-known-good, once configured.
+    last_known_good: OnceLock<Writer>,
+    /// JWKS key sets by URL; outlive snapshots (see `jwks`).
+    jwks: JwksCache,
 }
 
 impl Default for ConfigStore {
@@ -112,6 +154,8 @@ impl ConfigStore {
                 upstreams: UpstreamRuntime::default(),
                 consumers,
                 responses: Arc::new(ResponseCache::new(DEFAULT_CAPACITY_BYTES)),
+                last_known_good: OnceLock::new(),
+                jwks: JwksCache::default(),
             }),
         }
     }
@@ -132,16 +176,104 @@ impl ConfigStore {
         self
     }
 
-    /// Applies a snapshot if it is intact and newer than the applied one.
+    /// Changes how JWKS key sets are fetched and cached (see [`JwksSettings`]); call
+    /// before the first snapshot.
+    pub fn with_jwks_settings(self, settings: JwksSettings) -> Self {
+        self.inner.jwks.set_settings(settings);
+        self
+    }
+
+    /// Boots from the last-known-good file, when it holds an intact snapshot, then
+    /// saves every snapshot applied from the bus to it (see [`crate::lkg`]). Call it
+    /// before following the bus, inside a Tokio runtime. A missing or unusable file
+    /// is logged and leaves the store waiting for the bus, as without one.
+    pub fn with_last_known_good(self, file: LastKnownGood) -> Self {
+        match file.load() {
+            Ok(snapshot) => match self.apply_from(&snapshot, ConfigSource::LastKnownGood) {
+                Ok(_) => tracing::warn!(
+                    version = snapshot.version,
+                    path = %file.path().display(),
+                    "serving the last-known-good snapshot until the configuration bus is heard from"
+                ),
+                Err(e) => {
+                    tracing::info!(path = %file.path().display(), error = %e, "last-known-good snapshot not used")
+                }
+            },
+            Err(LoadError::Missing) => {
+                tracing::info!(path = %file.path().display(), "no last-known-good snapshot; waiting for the bus")
+            }
+            Err(e) => tracing::warn!(path = %file.path().display(), error = %e, "ignored the last-known-good file"),
+        }
+        if self.inner.last_known_good.set(file.spawn_writer()).is_err() {
+            tracing::warn!("a last-known-good file was already configured; keeping the first");
+        }
+        self
+    }
+
+    /// Applies a snapshot from the bus if it is intact and newer than the applied
+    /// one. An empty snapshot is no exception when it is newer: a control plane
+    /// whose last API was removed compiles exactly that.
+    ///
+    /// While the applied configuration comes only from the last-known-good file
+    /// (the bus has not been heard from since start), the bus is the authority:
+    /// - the same snapshot confirms the file's (`Ok`; the status is no longer
+    ///   degraded, and nothing is recompiled);
+    /// - any other intact snapshot replaces it, even an older one (a control plane
+    ///   restored from a backup is followed, and the change logged),
+    /// - except an empty one that is not newer, while the file's is not empty
+    ///   ([`ApplyError::EmptyBehindFile`]): an emptied bus or a fresh database
+    ///   never replaces a good configuration.
+    ///
+    /// Once the bus has been heard from, only newer snapshots apply.
     pub fn apply(&self, snapshot: &Snapshot) -> Result<(), ApplyError> {
+        let replaced = self.apply_from(snapshot, ConfigSource::Bus)?;
+        if let (true, Some(writer)) = (replaced, self.inner.last_known_good.get()) {
+            writer.offer(Arc::new(snapshot.clone()));
+        }
+        Ok(())
+    }
+
+    /// Applies `snapshot`; `Ok(false)` when it only confirmed the file's (see [`Self::apply`]).
+    fn apply_from(&self, snapshot: &Snapshot, source: ConfigSource) -> Result<bool, ApplyError> {
         snapshot.verify()?;
-        self.check_supersedes(snapshot)?;
+        // The file's configuration that the bus may replace although not newer.
+        let mut overruled = None;
+        if let Err(stale) = self.check_supersedes(snapshot) {
+            let Some(c) = self.current().filter(|c| c.source() == ConfigSource::LastKnownGood) else {
+                return Err(stale);
+            };
+            if source != ConfigSource::Bus {
+                return Err(stale);
+            }
+            if c.version == snapshot.version && c.checksum == snapshot.checksum {
+                c.from_bus.store(true, Ordering::Relaxed);
+                tracing::info!(version = c.version, "the configuration bus confirmed the last-known-good snapshot");
+                return Ok(false);
+            }
+            if snapshot.content.versions.is_empty() && !c.empty {
+                tracing::warn!(
+                    offered = snapshot.version,
+                    current = c.version,
+                    "the configuration bus offers an empty snapshot behind the last-known-good one; keeping the file's"
+                );
+                return Err(ApplyError::EmptyBehindFile { offered: snapshot.version, current: c.version });
+            }
+            tracing::warn!(
+                offered = snapshot.version,
+                current = c.version,
+                "the configuration bus is behind the last-known-good snapshot (a restored control plane?); following it"
+            );
+            overruled = Some(c);
+        }
         // Compiled outside the channel's lock; the check is repeated under it in case
         // another apply won meanwhile.
-        let compiled = Arc::new(compile(snapshot, &self.inner.responses, &self.inner.upstreams));
-        let mut result = Ok(());
+        let compiled = compile(snapshot, &self.inner.responses, &self.inner.upstreams, &self.inner.jwks);
+        compiled.from_bus.store(source == ConfigSource::Bus, Ordering::Relaxed);
+        let compiled = Arc::new(compiled);
+        let mut result = Ok(true);
         self.inner.current.send_if_modified(|current| {
-            match current.as_ref().filter(|c| c.version >= snapshot.version) {
+            let replaceable = |c: &&Arc<CompiledConfig>| overruled.as_ref().is_some_and(|o| Arc::ptr_eq(o, c));
+            match current.as_ref().filter(|c| c.version >= snapshot.version && !replaceable(c)) {
                 Some(c) => {
                     result = Err(ApplyError::Stale { offered: snapshot.version, current: c.version });
                     false
@@ -153,7 +285,12 @@ impl ConfigStore {
             }
         });
         if result.is_ok() {
-            tracing::info!(version = snapshot.version, checksum = %snapshot.checksum, "applied configuration snapshot");
+            tracing::info!(
+                version = snapshot.version,
+                checksum = %snapshot.checksum,
+                ?source,
+                "applied configuration snapshot"
+            );
         }
         result
     }
@@ -201,10 +338,13 @@ impl ConfigStore {
 
     pub fn status(&self) -> ConfigStatus {
         let current = self.current();
+        let source = current.as_ref().map(|c| c.source());
         ConfigStatus {
             ready: current.is_some(),
             config_version: current.as_ref().map(|c| c.version),
             config_checksum: current.map(|c| c.checksum.clone()),
+            source,
+            degraded: source == Some(ConfigSource::LastKnownGood),
         }
     }
 }
@@ -213,7 +353,12 @@ impl ConfigStore {
 /// route, an unusable target) are logged and left out rather than failing the whole
 /// snapshot: the control plane validates, and the rest of the configuration must
 /// keep working.
-fn compile(snapshot: &Snapshot, responses: &Arc<ResponseCache>, upstreams: &UpstreamRuntime) -> CompiledConfig {
+fn compile(
+    snapshot: &Snapshot,
+    responses: &Arc<ResponseCache>,
+    upstreams: &UpstreamRuntime,
+    jwks: &JwksCache,
+) -> CompiledConfig {
     let content = &snapshot.content;
     let upstreams: HashMap<&str, Arc<Upstream>> = content
         .upstreams
@@ -227,6 +372,8 @@ fn compile(snapshot: &Snapshot, responses: &Arc<ResponseCache>, upstreams: &Upst
         })
         .collect();
     let mut router = Router::default();
+    // Each API's versions, for its version selector.
+    let mut by_api: HashMap<&str, Vec<_>> = HashMap::new();
     for v in &content.versions {
         let upstream = v.upstream_id.as_deref().and_then(|id| upstreams.get(id).cloned());
         if upstream.is_none() && v.upstream_id.is_some() {
@@ -245,7 +392,10 @@ fn compile(snapshot: &Snapshot, responses: &Arc<ResponseCache>, upstreams: &Upst
             response_headers,
             policies: v.policies.clone(),
             policy: VersionPolicies::compile(v, responses),
+            validation: crate::validation::Validator::compile(v),
+            jwt: v.policies.jwt.as_ref().map(|p| crate::jwt::JwtAuth::compile(p, &v.id, jwks)),
         });
+        by_api.entry(v.api_id.as_str()).or_default().push((v, routed.clone()));
         match router.add_version(&v.base_path, v.state, routed, &v.routes) {
             Ok(skipped) => {
                 for (route, e) in skipped {
@@ -255,11 +405,20 @@ fn compile(snapshot: &Snapshot, responses: &Arc<ResponseCache>, upstreams: &Upst
             Err(e) => tracing::warn!(version = %v.id, error = %e, "left out a version"),
         }
     }
+    router.add_selectors(&content.selectors, by_api);
     let caching = content.versions.iter().filter(|v| v.policies.cache.is_some()).map(|v| v.id.as_str()).collect();
     responses.retain_versions(&caching);
     let plans = content.plans.iter().map(|p| (p.id.clone(), p.clone())).collect();
     let certificates = crate::tls::Certificates::compile(&content.certificates);
-    CompiledConfig { version: snapshot.version, checksum: snapshot.checksum.clone(), router, plans, certificates }
+    CompiledConfig {
+        version: snapshot.version,
+        checksum: snapshot.checksum.clone(),
+        router,
+        plans,
+        certificates,
+        from_bus: AtomicBool::new(true),
+        empty: content.versions.is_empty(),
+    }
 }
 
 #[cfg(test)]
@@ -276,7 +435,10 @@ mod tests {
     #[tokio::test]
     async fn applies_only_intact_newer_snapshots() {
         let store = ConfigStore::new();
-        assert_eq!(store.status(), ConfigStatus { ready: false, config_version: None, config_checksum: None });
+        assert_eq!(
+            store.status(),
+            ConfigStatus { ready: false, config_version: None, config_checksum: None, source: None, degraded: false }
+        );
         store.apply(&snapshot(2)).unwrap();
         assert_eq!(store.apply(&snapshot(2)), Err(ApplyError::Stale { offered: 2, current: 2 }));
         assert_eq!(store.apply(&snapshot(1)), Err(ApplyError::Stale { offered: 1, current: 2 }));

@@ -58,6 +58,12 @@ pub enum ErrorKind {
     MissingKey,
     #[error("the API key is not valid")]
     InvalidKey,
+    #[error("a bearer token is required")]
+    MissingToken,
+    #[error("the bearer token is not valid")]
+    InvalidToken,
+    #[error("the keys to check the bearer token are not available")]
+    JwtKeysUnavailable,
     #[error("the API key has no approved subscription to this API version")]
     NotSubscribed,
     #[error("rate limit exceeded")]
@@ -72,8 +78,14 @@ pub enum ErrorKind {
     UriTooLong,
     #[error("the request head did not arrive in time")]
     RequestTimeout,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("the request body is larger than allowed")]
     BodyTooLarge,
+    #[error("the request does not match the API description: {0}")]
+    InvalidRequest(crate::validation::Violations),
+    #[error("the request body's content type is not accepted here; send {0}")]
+    UnsupportedMediaType(String),
     #[error("the gateway failed to handle the request")]
     Internal,
 }
@@ -127,13 +139,17 @@ impl GatewayError {
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamConnectTimeout | ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::MissingKey | ErrorKind::InvalidKey => StatusCode::UNAUTHORIZED,
+            ErrorKind::MissingToken | ErrorKind::InvalidToken => StatusCode::UNAUTHORIZED,
+            ErrorKind::JwtKeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::NotSubscribed | ErrorKind::IpDenied | ErrorKind::CorsRefused => StatusCode::FORBIDDEN,
             ErrorKind::RateLimited | ErrorKind::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Malformed(_) => StatusCode::BAD_REQUEST,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
-            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::RequestTimeout | ErrorKind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ErrorKind::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -148,6 +164,8 @@ impl GatewayError {
             | ErrorKind::CorsRefused
             | ErrorKind::MissingKey
             | ErrorKind::InvalidKey
+            | ErrorKind::MissingToken
+            | ErrorKind::InvalidToken
             | ErrorKind::NotSubscribed
             | ErrorKind::RateLimited
             | ErrorKind::QuotaExceeded
@@ -155,13 +173,17 @@ impl GatewayError {
             | ErrorKind::HeadersTooLarge
             | ErrorKind::UriTooLong
             | ErrorKind::RequestTimeout
-            | ErrorKind::BodyTooLarge => ErrorSource::Client,
+            | ErrorKind::BodyTimeout
+            | ErrorKind::BodyTooLarge
+            | ErrorKind::InvalidRequest(_)
+            | ErrorKind::UnsupportedMediaType(_) => ErrorSource::Client,
             ErrorKind::NoUpstream
             | ErrorKind::NoTarget
             | ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamConnectTimeout
             | ErrorKind::UpstreamTimeout
-            | ErrorKind::UpstreamFailed => ErrorSource::Upstream,
+            | ErrorKind::UpstreamFailed
+            | ErrorKind::JwtKeysUnavailable => ErrorSource::Upstream,
             ErrorKind::NoConfig | ErrorKind::Internal => ErrorSource::Internal,
         }
     }
@@ -190,6 +212,9 @@ impl GatewayError {
             ErrorKind::CorsRefused => "cors-refused",
             ErrorKind::MissingKey => "missing-api-key",
             ErrorKind::InvalidKey => "invalid-api-key",
+            ErrorKind::MissingToken => "missing-token",
+            ErrorKind::InvalidToken => "invalid-token",
+            ErrorKind::JwtKeysUnavailable => "jwt-keys-unavailable",
             ErrorKind::NotSubscribed => "not-subscribed",
             ErrorKind::RateLimited => "rate-limited",
             ErrorKind::QuotaExceeded => "quota-exceeded",
@@ -197,7 +222,10 @@ impl GatewayError {
             ErrorKind::HeadersTooLarge => "headers-too-large",
             ErrorKind::UriTooLong => "uri-too-long",
             ErrorKind::RequestTimeout => "request-timeout",
+            ErrorKind::BodyTimeout => "body-timeout",
             ErrorKind::BodyTooLarge => "body-too-large",
+            ErrorKind::InvalidRequest(_) => "invalid-request",
+            ErrorKind::UnsupportedMediaType(_) => "unsupported-media-type",
             ErrorKind::Internal => "internal",
         }
     }
@@ -226,6 +254,10 @@ impl GatewayError {
             status: status.as_u16(),
             detail: self.kind.to_string(),
             request_id,
+            errors: match &self.kind {
+                ErrorKind::InvalidRequest(violations) => &violations.0,
+                _ => &[],
+            },
         };
         let json = serde_json::to_vec(&body).expect("a problem serializes");
         let mut response = Response::new(Full::new(Bytes::from(json)));
@@ -266,6 +298,9 @@ struct Problem<'a> {
     status: u16,
     detail: String,
     request_id: &'a str,
+    /// Every location a refused request failed validation at, and why.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [crate::validation::Violation],
 }
 
 #[cfg(test)]

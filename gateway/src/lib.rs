@@ -5,8 +5,9 @@
 //! Running it (all-in-one or as a gateway node):
 //! ```no_run
 //! # async fn run(bus: &dyn turnpike_bus::ConfigBus) -> std::io::Result<()> {
-//! use turnpike_gateway::{ConfigStore, Settings, serve_proxy, serve_status};
-//! let store = ConfigStore::new();
+//! use turnpike_gateway::{ConfigStore, LastKnownGood, Settings, serve_proxy, serve_status};
+//! // Serves the snapshot saved by the last run until the bus speaks, and saves new ones.
+//! let store = ConfigStore::new().with_last_known_good(LastKnownGood::new("/var/lib/turnpike/gateway-snapshot.json"));
 //! tokio::spawn(store.clone().follow(bus.subscribe()));
 //! let proxy = tokio::net::TcpListener::bind("0.0.0.0:8000").await?;
 //! let status = tokio::net::TcpListener::bind("127.0.0.1:8002").await?;
@@ -23,8 +24,11 @@ pub mod consumer;
 mod error;
 mod forwarding;
 mod health;
+mod jwks;
+mod jwt;
 mod lifecycle;
 mod limits;
+mod lkg;
 mod outlier;
 mod path;
 mod pipeline;
@@ -40,10 +44,13 @@ mod status;
 mod tls;
 mod tls_client;
 mod upstream;
+mod validation;
 mod websocket;
 
-pub use config::{ApplyError, CompiledConfig, ConfigStatus, ConfigStore};
+pub use config::{ApplyError, CompiledConfig, ConfigSource, ConfigStatus, ConfigStore};
 pub use error::PROBLEM_TYPE_PREFIX;
+pub use jwks::JwksSettings;
+pub use lkg::{LastKnownGood, LoadError};
 pub use registry::UpstreamRuntime;
 pub use server::serve_proxy;
 pub use settings::{Cidr, InvalidCidr, Settings};

@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONNECTION;
@@ -26,6 +27,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Notify;
+use tokio::time::Sleep;
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::pipeline::X_REQUEST_ID;
@@ -187,6 +189,7 @@ pub struct BodyOutcome(AtomicU8);
 
 const BODY_TOO_LARGE: u8 = 1;
 const BODY_BROKEN: u8 = 2;
+const BODY_TIMEOUT: u8 = 3;
 
 impl BodyOutcome {
     /// The client's fault, if reading its body is what failed.
@@ -194,6 +197,7 @@ impl BodyOutcome {
         let kind = match self.0.load(Ordering::SeqCst) {
             BODY_TOO_LARGE => ErrorKind::BodyTooLarge,
             BODY_BROKEN => ErrorKind::Malformed("the request body could not be read"),
+            BODY_TIMEOUT => ErrorKind::BodyTimeout,
             _ => return None,
         };
         Some(GatewayError::from(kind).with_headers(close()))
@@ -201,13 +205,20 @@ impl BodyOutcome {
 }
 
 /// The request body as forwarded: the client's, streamed, cut off with an error
-/// once it passes the limit.
+/// once it passes the limit, or when the client makes the upstream wait longer
+/// than the read timeout for the next piece (the clock runs only while the body is
+/// being read, i.e. while the upstream takes it).
 #[derive(Debug)]
 pub struct LimitedBody {
     inner: Incoming,
     limit: Option<u64>,
     seen: u64,
     outcome: Arc<BodyOutcome>,
+    read_timeout: Duration,
+    /// Allocated the first time the client makes us wait.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether `timer` runs for the current wait.
+    waiting: bool,
 }
 
 /// Why a request body stopped.
@@ -215,6 +226,8 @@ pub struct LimitedBody {
 pub enum BodyError {
     #[error("the request body is larger than allowed")]
     TooLarge,
+    #[error("the client sent nothing of the request body for {0:?}")]
+    Timeout(Duration),
     #[error("reading the request body failed")]
     Client(#[source] hyper::Error),
 }
@@ -225,7 +238,25 @@ impl Body for LimitedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() {
+            if !this.waiting {
+                let deadline = deadline_after(this.read_timeout);
+                match &mut this.timer {
+                    Some(timer) => timer.as_mut().reset(deadline),
+                    None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+                this.waiting = true;
+            }
+            let timer = this.timer.as_mut().expect("armed above");
+            if timer.as_mut().poll(cx).is_ready() {
+                this.outcome.0.store(BODY_TIMEOUT, Ordering::SeqCst);
+                return Poll::Ready(Some(Err(BodyError::Timeout(this.read_timeout))));
+            }
+            return Poll::Pending;
+        }
+        this.waiting = false;
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen = this.seen.saturating_add(data.len() as u64);
@@ -253,6 +284,12 @@ impl Body for LimitedBody {
     }
 }
 
+/// `timeout` from now, or a century from now when that does not fit.
+pub(crate) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout.min(Duration::from_secs(100 * 365 * 24 * 3600))).unwrap_or(now)
+}
+
 /// The body-size phase: 413 when the declared length is over `limit`, before any
 /// of the body is read. Bodies without a declared length are cut off by
 /// [`limit_body`] as they stream.
@@ -265,11 +302,24 @@ pub fn check_declared_length(req: &Request<Incoming>, limit: Option<u64>) -> Res
     }
 }
 
-/// Wraps the body to be cut off once more than `limit` bytes have passed. The
-/// outcome tells a failed forward whether the client's body was at fault.
-pub fn limit_body(req: Request<Incoming>, limit: Option<u64>) -> (Request<LimitedBody>, Arc<BodyOutcome>) {
+/// Wraps the body to be cut off once more than `limit` bytes have passed, or when
+/// the client sends nothing for `read_timeout` while it is read. The outcome tells
+/// a failed forward whether the client's body was at fault.
+pub fn limit_body(
+    req: Request<Incoming>,
+    limit: Option<u64>,
+    read_timeout: Duration,
+) -> (Request<LimitedBody>, Arc<BodyOutcome>) {
     let outcome = Arc::new(BodyOutcome::default());
-    let req = req.map(|inner| LimitedBody { inner, limit, seen: 0, outcome: outcome.clone() });
+    let req = req.map(|inner| LimitedBody {
+        inner,
+        limit,
+        seen: 0,
+        outcome: outcome.clone(),
+        read_timeout,
+        timer: None,
+        waiting: false,
+    });
     (req, outcome)
 }
 
@@ -312,5 +362,7 @@ mod tests {
         assert_eq!(outcome.error().unwrap().status().as_u16(), 413);
         outcome.0.store(BODY_BROKEN, Ordering::SeqCst);
         assert_eq!(outcome.error().unwrap().status().as_u16(), 400);
+        outcome.0.store(BODY_TIMEOUT, Ordering::SeqCst);
+        assert_eq!(outcome.error().unwrap().status().as_u16(), 408);
     }
 }

@@ -6,18 +6,19 @@
 //! |---|-------|----------|
 //! | 1 | [`begin`](RequestCtx::begin): request id, client address (the peer, or behind trusted proxies the address they forward for; resolved by the listener, see [`forwarding`]), pin the configuration | first, so every later outcome (errors included) carries the id and sees one configuration even if a snapshot is swapped in meanwhile |
 //! | 2 | [`normalize_path`] | before routing, so the router and the upstream see the same path; bad paths cost nothing further |
-//! | 3 | [`route`]: version and route (404/405; 503 without configuration) | needs the normalized path |
+//! | 3 | [`route`]: version and route, by base path or by the API's version selector (header or query parameter; 400 when named twice differently) (404/405; 503 without configuration) | needs the normalized path |
 //! | 4 | [`lifecycle`]: retired 410, deprecation headers | needs the version; before any policy so a retired version costs nothing |
 //! | 4a | [`ip_rules`]: client IP allow/deny lists, 403 | first policy: the cheapest refusal, before anything costs |
 //! | 4b | [`cors`]: preflights answered here (204, or 403 and not forwarded); other requests note what their response's CORS headers will be | before authentication, since browsers send preflights without credentials |
 //! | 4c | [`consumer::authenticate`]: API key → consumer, 401/403; client `X-Consumer-*` headers always stripped | before limits, which count per consumer; after cheap refusals (IP, CORS preflight) |
+//! | 4c2 | [`jwt::authenticate`]: bearer JWT (algorithm fixed by the policy, key from the policy or the issuer's JWKS, `exp`/`nbf`/`iss`/`aud`), 401 with `WWW-Authenticate: Bearer`, 503 when the issuer's keys cannot be had; claims forwarded per `claims_to_headers` (clients' copies stripped) | with the key check, before limits; after it, so the cheaper check refuses first, a version with both requires both, and the `X-Consumer-*` strip cannot remove claim headers such as `x-consumer-subject` |
 //! | 4d | [`consumer::limit`]: version rate limit, plan rate limit and quota, 429 with `Retry-After` | after authentication (the consumer and plan are known), before any upstream work |
-//! | 4e | [`cache_lookup`]: GET/HEAD answered from the response cache (`X-Cache: HIT`, `Age`) | after authentication and limits, so a cached answer never bypasses them |
-//! | 4f | [`body_limit`]: 413 when the declared body length is over the version's `max_body_bytes` (or the listener's default), before the body is read | after the policies that refuse cheaper (an unauthenticated client learns no limits), before an upstream is chosen so an oversized upload costs no connection; bodies of unknown length are cut off at the limit while forwarded (phase 6) |
-//! | – | (later: validation) | policies need the route and must run before an upstream is chosen |
+//! | 4e | [`validate`]: the request against the version's OpenAPI document (`validate_requests`): parameters, then the body's content type (415) and JSON body, read in full up to the body limit (413) and forwarded from that buffer; 400 naming each failing location | after authentication and limits, so refused callers cost no parsing and learn nothing of the schema; before the cache, so a cached answer never bypasses validation either; before an upstream is chosen, so an invalid request costs no connection |
+//! | 4f | [`cache_lookup`]: GET/HEAD answered from the response cache (`X-Cache: HIT`, `Age`) | after authentication, limits and validation, so a cached answer never bypasses them |
+//! | 4g | [`body_limit`]: 413 when the declared body length is over the version's `max_body_bytes` (or the listener's default), before the body is read | after the policies that refuse cheaper (an unauthenticated client learns no limits), before an upstream is chosen so an oversized upload costs no connection; bodies of unknown length are cut off at the limit while forwarded (phase 6) |
 //! | 5 | [`select_upstream`]: upstream and target (balancer, active health, outlier ejection, circuit breaker), 503 | after policies, so refused requests do not advance the balancer or take breaker trials |
 //! | 5a | request header transforms (`policy.request_headers`) | just before forwarding, so every earlier phase sees the client's headers; the gateway's own headers (`X-Forwarded-*`, `X-Request-Id`, `X-Consumer-*`) cannot be transformed |
-//! | 6 | [`forward`]: rewrite headers (forwarding headers by peer trust, `traceparent`), cut the body off at its limit, splice WebSocket upgrades, call with connect/per-try/total timeouts, retry idempotent bodiless requests on another target within the retry budget, 502/504 | last step that can fail; outcomes feed outlier detection and the breaker |
+//! | 6 | [`forward`]: rewrite headers (forwarding headers by peer trust, `traceparent`), cut the body off at its limit or when the client stalls it for the body read timeout (408), splice WebSocket upgrades, call with connect/per-try/total timeouts, retry idempotent bodiless requests on another target within the retry budget, 502/504 | last step that can fail; outcomes feed outlier detection and the breaker |
 //! | 6a | [`respond`]: response header transforms, then the cache stores the response (`X-Cache: MISS`) while it streams | transforms first, so hits carry them too; the store before [`finish`], whose per-request headers (request id, CORS, limits) must not be stored |
 //! | 7 | [`finish`]: request id, lifecycle and CORS headers on every response | runs for errors and cache hits too, so clients can always correlate, see deprecation, and read errors cross-origin |
 
@@ -35,6 +36,7 @@ use crate::config::{CompiledConfig, ConfigStore, RoutedVersion};
 use crate::consumer::{self, Consumer};
 use crate::error::{ErrorKind, GatewayError};
 use crate::forwarding::{self, Peer};
+use crate::jwt;
 use crate::limits;
 use crate::path::normalize;
 use crate::policy::cache::{CacheRequest, Lookup, Pending, UpstreamBody};
@@ -45,6 +47,7 @@ use crate::router::{RequestFacts, RouteOutcome, request_host};
 use crate::server::Scheme;
 use crate::settings::Settings;
 use crate::upstream::{Attempt, Upstream};
+use crate::validation;
 use crate::websocket;
 use turnpike_domain::model::VersionState;
 
@@ -79,8 +82,10 @@ pub struct RequestCtx {
     pub limit: Option<Decision>,
     /// The CORS headers for the response of a request that is not a preflight (phase 4b).
     pub cors: Option<cors::Actual>,
-    /// What the cache does with the upstream's response (phase 4e).
+    /// What the cache does with the upstream's response (phase 4f).
     pub cache: Option<Pending>,
+    /// The operation the request is validated against (found in phase 3, checked in phase 4e).
+    pub operation: Option<Arc<validation::Operation>>,
 }
 
 impl RequestCtx {
@@ -98,6 +103,7 @@ impl RequestCtx {
             limit: None,
             cors: None,
             cache: None,
+            operation: None,
         }
     }
 
@@ -147,15 +153,17 @@ async fn run(
     }
     let consumers = store.consumers();
     ctx.consumer = consumer::authenticate(&mut req, &version, consumers)?;
+    jwt::authenticate(&mut req, &version).await?;
     let config = ctx.config.clone().ok_or(ErrorKind::NoConfig)?;
     ctx.limit = consumer::limit(&config, &version, ctx.consumer.as_ref(), ctx.client.ip(), consumers.limiter.as_ref())?;
+    let buffered = validate(ctx, &version, &mut req).await?;
     if let Some(hit) = cache_lookup(ctx, &version, &req) {
         return Ok(hit.map(Either::Right));
     }
     body_limit(&version, &req)?;
     let (upstream, attempt) = select_upstream(ctx, &version, &req)?;
     version.policy.request_headers.apply(req.headers_mut());
-    let response = forward(ctx, req, upstream, attempt).await?;
+    let response = forward(ctx, req, buffered, upstream, attempt).await?;
     Ok(respond(ctx, &version, response))
 }
 
@@ -169,7 +177,13 @@ fn normalize_path(ctx: &mut RequestCtx, req: &Request<Incoming>) -> Result<(), G
 fn route(ctx: &mut RequestCtx, req: &Request<Incoming>) -> Result<(), GatewayError> {
     let config = ctx.config.clone().ok_or(ErrorKind::NoConfig)?;
     let host = request_host(req.uri(), req.headers());
-    let facts = RequestFacts { method: req.method(), host: host.as_deref(), headers: req.headers(), path: &ctx.path };
+    let facts = RequestFacts {
+        method: req.method(),
+        host: host.as_deref(),
+        headers: req.headers(),
+        path: &ctx.path,
+        query: req.uri().query(),
+    };
     let mut outcome = config.router.route(&facts);
     // A CORS preflight asks about another method than its own. When no route takes
     // OPTIONS, it is routed as the request it announces, for the version's CORS policy
@@ -187,6 +201,7 @@ fn route(ctx: &mut RequestCtx, req: &Request<Incoming>) -> Result<(), GatewayErr
             tracing::trace!(version = %version.id, route = route_id, "matched route");
             ctx.version = Some(version.clone());
             ctx.remainder_start = remainder_start;
+            ctx.operation = version.validation.as_ref().and_then(|v| v.operation(route_id, req.method()));
             Ok(())
         }
         RouteOutcome::Retired(version) => {
@@ -195,6 +210,7 @@ fn route(ctx: &mut RequestCtx, req: &Request<Incoming>) -> Result<(), GatewayErr
         }
         RouteOutcome::MethodNotAllowed(allow) => Err(ErrorKind::MethodNotAllowed { allow }.into()),
         RouteOutcome::NotFound => Err(ErrorKind::NoRoute.into()),
+        RouteOutcome::AmbiguousVersion => Err(ErrorKind::Malformed("the API version is given more than once").into()),
     }
 }
 
@@ -236,7 +252,19 @@ fn cors(
     Ok(Some(response))
 }
 
-/// Phase 4e. A miss leaves what to do with the response in `ctx.cache`.
+/// Phase 4e. Returns the body when it was read to be checked, for [`forward`] to send.
+async fn validate(
+    ctx: &RequestCtx,
+    version: &RoutedVersion,
+    req: &mut Request<Incoming>,
+) -> Result<Option<Bytes>, GatewayError> {
+    let Some(operation) = &ctx.operation else { return Ok(None) };
+    let limit = max_body_bytes(version, req);
+    let stall = req.extensions().get::<Arc<Settings>>().map(|s| s.body_read_timeout);
+    operation.check(req, ctx.remainder(), limit, stall.unwrap_or(Settings::default().body_read_timeout)).await
+}
+
+/// Phase 4f. A miss leaves what to do with the response in `ctx.cache`.
 fn cache_lookup(
     ctx: &mut RequestCtx,
     version: &RoutedVersion,
@@ -274,7 +302,7 @@ fn select_upstream<'v>(
     Ok((upstream, attempt))
 }
 
-/// Phase 4f.
+/// Phase 4g.
 fn body_limit(version: &RoutedVersion, req: &Request<Incoming>) -> Result<(), GatewayError> {
     limits::check_declared_length(req, max_body_bytes(version, req))
 }
@@ -286,11 +314,12 @@ fn max_body_bytes<B>(version: &RoutedVersion, req: &Request<B>) -> Option<u64> {
 
 /// Phase 6. The forwarding headers describe the way from the client (see
 /// [`forwarding`]), a `traceparent` is passed on or started, and the body is cut off
-/// at the version's limit. A WebSocket handshake keeps its upgrade headers and, once
+/// at the version's limit or once the client stalls it. A WebSocket handshake keeps its upgrade headers and, once
 /// the upstream switches protocols, is spliced through (see [`websocket`]).
 async fn forward(
     ctx: &RequestCtx,
     mut req: Request<Incoming>,
+    buffered: Option<Bytes>,
     upstream: &Upstream,
     attempt: Attempt,
 ) -> Result<Response<proxy::TrackedBody>, GatewayError> {
@@ -306,10 +335,17 @@ async fn forward(
         websocket::keep_upgrade_headers(headers);
     }
     headers.insert(X_REQUEST_ID, ctx.request_id.clone());
-    let (req, body) = limits::limit_body(req, limit);
+    let read_timeout = req.extensions().get::<Arc<Settings>>().map(|s| s.body_read_timeout);
+    let (req, body) = limits::limit_body(req, limit, read_timeout.unwrap_or(Settings::default().body_read_timeout));
+    // A body read to be validated (phase 4e) is sent from its buffer.
+    let req = match buffered {
+        Some(bytes) => req.map(|_| Either::Right(Full::new(bytes))),
+        None => req.map(Either::Left),
+    };
     // A failure caused by the client's body is the client's error, not the upstream's.
-    let mut response =
-        proxy::forward(upstream, attempt, req, ctx.remainder()).await.map_err(|e| body.error().unwrap_or(e))?;
+    let mut response = proxy::forward(upstream, attempt, req, ctx.remainder(), &|| body.error().is_some())
+        .await
+        .map_err(|e| body.error().unwrap_or(e))?;
     if let Some(client) = websocket {
         websocket::splice_on_switch(client, &mut response);
     }

@@ -2,7 +2,8 @@
 //! (hop-by-hop removal; `X-Forwarded-*` are in [`crate::forwarding`]) and the call itself: attempts with their
 //! timeouts, outcomes reported to the target's outlier detection and breaker, and
 //! retries where [`crate::retry`] allows them. Bodies are streamed both ways:
-//! nothing here reads them.
+//! nothing here reads them, and every frame is passed on as it comes, HTTP/2
+//! trailers included (gRPC's `grpc-status` travels in them).
 //!
 //! Timeouts: `connect_ms` bounds the TCP connect; `read_ms` bounds each attempt up
 //! to the response head, and then each wait for the next piece of the response
@@ -15,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST};
+use http::header::{CONNECTION, CONTENT_TYPE, HOST, TE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -62,11 +63,15 @@ pub fn original_host(req: &Request<Incoming>) -> Option<HeaderValue> {
 /// Sends the request to `upstream`, starting with the target of `first` and retrying
 /// on other targets when the request and the failure allow it. `remainder` is the
 /// path under the version's base path; the request's query is kept.
+/// `client_failed` tells whether an attempt failed because of the client (its body
+/// was too large, stalled or broken): such failures say nothing about the target
+/// and are not held against it by outlier detection or the breaker.
 pub async fn forward<B>(
     upstream: &Upstream,
     first: Attempt,
     req: Request<B>,
     remainder: &str,
+    client_failed: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<Response<TrackedBody>, GatewayError>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -75,9 +80,14 @@ where
     let started = Instant::now();
     let deadline = upstream.total_timeout.map(|t| started + t);
     let (mut parts, body) = req.into_parts();
-    // Upstream connections are HTTP/1.1 whatever the client spoke to us (or HTTP/2
-    // when a TLS upstream offers it; the client library handles that).
+    // Upstream connections are HTTP/1.1 whatever the client spoke to us, or HTTP/2 to
+    // `h2c://` targets and TLS targets that offer it (the client picks per connection).
     parts.version = Version::HTTP_11;
+    // `TE` is hop-by-hop and was removed with the others, but gRPC servers require
+    // `te: trailers` (and the trailers they then send are passed on).
+    if is_grpc(&parts.headers) {
+        parts.headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
     let query = parts.uri.query().map(str::to_owned);
     // Only requests without a body are retried: nothing of the client's has been
     // consumed, so every attempt sends the same request.
@@ -110,7 +120,7 @@ where
             };
             send(&upstream.client, Request::from_parts(head, body), timeout).await
         };
-        let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
+        let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error()) || (result.is_err() && client_failed());
         let in_flight = upstream.finish(attempt, ok);
         tried.push(index);
         let worth_retrying = match &result {
@@ -133,6 +143,14 @@ where
             }
         };
     }
+}
+
+/// Whether a request is a gRPC call (`application/grpc`, `application/grpc+proto`…).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        let v = v.trim_start().to_ascii_lowercase();
+        v.strip_prefix("application/grpc").is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+    })
 }
 
 /// Sends one attempt and waits for the response head, within `timeout`.
@@ -280,5 +298,16 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn grpc_requests_are_recognized_by_content_type() {
+        for grpc in ["application/grpc", "application/grpc+proto", "Application/GRPC;charset=x"] {
+            assert!(is_grpc(&headers(&[("content-type", grpc)])), "{grpc}");
+        }
+        for other in ["application/grpc-web", "application/json", "text/grpc"] {
+            assert!(!is_grpc(&headers(&[("content-type", other)])), "{other}");
+        }
+        assert!(!is_grpc(&HeaderMap::new()));
     }
 }

@@ -198,10 +198,10 @@ impl UpstreamRuntime {
 }
 
 fn new_client(key: &ClientKey) -> HttpClient {
-    let connector = tls_client::connector(&key.tls, key.connect_timeout);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(connector)
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_timer(TokioTimer::new()).timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT);
+    let http = builder.build(tls_client::connector(&key.tls, key.connect_timeout));
+    // `h2c://` targets: HTTP/2 from the first byte, one multiplexed connection each.
+    let h2c = builder.http2_only(true).build(tls_client::plain_connector(key.connect_timeout));
+    HttpClient::new(http, h2c)
 }

@@ -10,11 +10,21 @@
 //! Only routes whose path template matches are examined (plus the mixed segments such
 //! as `{name}.json` at each position the walk reaches, which are tried one by one).
 //!
+//! An API can also choose its version by a header or query parameter (a *selector*,
+//! see [`turnpike_domain::model::Versioning`]): the selector's base path sits in the
+//! same trie, and a request under it is routed to the version whose label the request
+//! names (or the selector's default), matched against that version's routes as if the
+//! selector's base path were the version's own. A selector owns its base path: a
+//! label it does not know (or no label and no default) answers 404 without looking at
+//! shorter base paths, a label named twice with different values 400.
+//!
 //! Precedence, highest first:
 //! 1. Versions with the longer base path (counted in segments), then live before
-//!    retired ones with the same base path. A request goes to the first version
-//!    whose base path it is under *and* one of whose routes matches it; a retired
-//!    version answers every request under its base path (with 410).
+//!    retired ones with the same base path, then a selector on the same base path
+//!    (the control plane keeps selectors off versions' base paths). A request goes
+//!    to the first version whose base path it is under *and* one of whose routes
+//!    matches it; a retired version answers every request under its base path
+//!    (with 410), whether reached by its base path or chosen by a selector.
 //! 2. Within a version, exact templates before prefixes (`.../*`); among prefixes,
 //!    the longer one first; then, segment by segment from the left, a literal
 //!    segment before a segment mixing literals and parameters (`{name}.json`)
@@ -23,12 +33,13 @@
 //!    counts 2, a wildcard host 1, a method list 1, each header 1.
 //! 4. Finally the route id, so that the order never depends on input order.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
-use turnpike_domain::model::{RouteSpec, VersionState};
-use turnpike_domain::snapshot::SnapshotRoute;
+use turnpike_domain::model::{RouteSpec, VersionState, Versioning};
+use turnpike_domain::snapshot::{SnapshotRoute, SnapshotSelector, SnapshotVersion};
 
 use crate::path::normalize;
 
@@ -43,6 +54,8 @@ pub enum RouteError {
     Host(String),
     #[error("invalid header match {0:?}")]
     Header(String),
+    #[error("another version selector already takes base path {0:?}")]
+    SelectorTaken(String),
 }
 
 /// What the router needs to know about a request.
@@ -54,6 +67,8 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     /// The normalized path (see [`crate::path::normalize`]).
     pub path: &'a str,
+    /// The raw query, for selectors that read the version from it.
+    pub query: Option<&'a str>,
 }
 
 /// The router's answer. `T` is whatever the caller attached to each version.
@@ -70,6 +85,17 @@ pub enum RouteOutcome<'r, T> {
     /// Some route takes this path, but with other methods.
     MethodNotAllowed(Vec<Method>),
     NotFound,
+    /// A selector's header or query parameter was given more than once, with
+    /// different values.
+    AmbiguousVersion,
+}
+
+/// Where a selector reads the label of the version a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelSource {
+    Header(HeaderName),
+    /// A query parameter, by its decoded name.
+    Query(String),
 }
 
 /// Routes of every version in a snapshot, indexed by base path.
@@ -78,6 +104,7 @@ pub struct Router<T> {
     versions: Vec<VersionRoutes<T>>,
     /// Trie of base-path segments; node 0 is the root (base path `/`).
     bases: Vec<BaseNode>,
+    selectors: Vec<Selector>,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +113,88 @@ struct BaseNode {
     /// Versions with exactly this base path, live before retired, then in the order
     /// they were added.
     versions: Vec<usize>,
+    /// The selector with exactly this base path, by index in `Router::selectors`.
+    selector: Option<usize>,
+}
+
+/// A selector compiled: its versions are entries of `Router::versions` whose base is
+/// the selector's, reachable only through it.
+#[derive(Debug)]
+struct Selector {
+    source: LabelSource,
+    default: Option<String>,
+    /// Live and retired versions by label, as indexes into `Router::versions`.
+    labels: HashMap<Box<str>, usize>,
+}
+
+/// Which version a selector picks for a request.
+enum Choice {
+    Version(usize),
+    /// No version by that label (or none named and no default).
+    Unknown,
+    Ambiguous,
+}
+
+impl Selector {
+    fn choose(&self, req: &RequestFacts<'_>) -> Choice {
+        let named = match &self.source {
+            LabelSource::Header(name) => {
+                // Not UTF-8: replaced by U+FFFD, which no label contains.
+                one_value(req.headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes())))
+            }
+            LabelSource::Query(name) => one_value(
+                req.query
+                    .into_iter()
+                    .flat_map(|q| q.split('&'))
+                    .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+                    .filter(|(key, _)| form_decode(key) == name.as_str())
+                    .map(|(_, value)| form_decode(value)),
+            ),
+        };
+        let label = match named {
+            Err(()) => return Choice::Ambiguous,
+            Ok(Some(label)) => label,
+            Ok(None) => match &self.default {
+                Some(default) => Cow::Borrowed(default.as_str()),
+                None => return Choice::Unknown,
+            },
+        };
+        match self.labels.get(label.trim()) {
+            Some(&index) => Choice::Version(index),
+            None => Choice::Unknown,
+        }
+    }
+}
+
+/// The value given, if any; `Err` when values differ.
+fn one_value<'a>(mut values: impl Iterator<Item = Cow<'a, str>>) -> Result<Option<Cow<'a, str>>, ()> {
+    let Some(first) = values.next() else { return Ok(None) };
+    if values.any(|other| other.trim() != first.trim()) { Err(()) } else { Ok(Some(first)) }
+}
+
+/// Decodes a query component as HTML forms encode it: `+` is a space, `%XX` a
+/// byte; malformed escapes are kept as written.
+fn form_decode(raw: &str) -> Cow<'_, str> {
+    if !raw.contains(['%', '+']) {
+        return Cow::Borrowed(raw);
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%').then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?))).flatten();
+        match (bytes[i], escaped) {
+            (_, Some((hi, lo))) => {
+                out.push(hi << 4 | lo);
+                i += 2;
+            }
+            (b'+', _) => out.push(b' '),
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[derive(Debug)]
@@ -102,7 +211,7 @@ struct VersionRoutes<T> {
 
 impl<T> Default for Router<T> {
     fn default() -> Self {
-        Router { versions: Vec::new(), bases: vec![BaseNode::default()] }
+        Router { versions: Vec::new(), bases: vec![BaseNode::default()], selectors: Vec::new() }
     }
 }
 
@@ -119,27 +228,76 @@ impl<T> Router<T> {
         if !state.is_live() && state != VersionState::Retired {
             return Ok(Vec::new());
         }
-        let base = normalize(base_path).map_err(|_| RouteError::Path(base_path.to_owned()))?;
-        let base = base.trim_end_matches('/').to_owned();
-        let mut compiled = Vec::with_capacity(routes.len());
-        let mut skipped = Vec::new();
-        for route in routes {
-            match Route::compile(&route.id, &route.spec) {
-                Ok(r) => compiled.push(r),
-                Err(e) => skipped.push((route.id.clone(), e)),
-            }
-        }
-        compiled.sort_by(|a, b| a.rank.cmp(&b.rank));
-        let trie = RouteTrie::build(&compiled);
+        let base = base_of(base_path)?;
         let node = self.base_node(&base);
+        let (version, skipped) = VersionRoutes::compile(base, state, payload, routes);
         let index = self.versions.len();
-        self.versions.push(VersionRoutes { base, live: state.is_live(), payload, routes: compiled, trie });
+        self.versions.push(version);
         let versions = &self.versions;
         let list = &mut self.bases[node].versions;
         list.push(index);
         // Stable sort: versions with the same liveness keep the order they were added in.
         list.sort_by_key(|&v| Reverse(versions[v].live));
         Ok(skipped)
+    }
+
+    /// Adds a selector: under `base_path`, the label read from `source` (or
+    /// `default`) picks one of `versions` (`(label, state, payload, routes)`, the
+    /// API's versions). Drafts are ignored; routes that cannot be compiled are left
+    /// out silently, as [`Router::add_version`] reports them for the same versions.
+    pub fn add_selector<'s>(
+        &mut self,
+        base_path: &str,
+        source: LabelSource,
+        default: Option<&str>,
+        versions: impl IntoIterator<Item = (&'s str, VersionState, T, &'s [SnapshotRoute])>,
+    ) -> Result<(), RouteError> {
+        let base = base_of(base_path)?;
+        let node = self.base_node(&base);
+        if self.bases[node].selector.is_some() {
+            return Err(RouteError::SelectorTaken(base_path.to_owned()));
+        }
+        let mut labels = HashMap::new();
+        for (label, state, payload, routes) in versions {
+            if !state.is_live() && state != VersionState::Retired {
+                continue;
+            }
+            let (version, _) = VersionRoutes::compile(base.clone(), state, payload, routes);
+            labels.entry(label.into()).or_insert(self.versions.len());
+            self.versions.push(version);
+        }
+        self.bases[node].selector = Some(self.selectors.len());
+        self.selectors.push(Selector { source, default: default.map(str::to_owned), labels });
+        Ok(())
+    }
+
+    /// Adds a snapshot's selectors; `by_api` holds each API's versions with their
+    /// payloads. Selectors that cannot be used are logged and left out.
+    pub fn add_selectors(
+        &mut self,
+        selectors: &[SnapshotSelector],
+        mut by_api: HashMap<&str, Vec<(&SnapshotVersion, T)>>,
+    ) {
+        for s in selectors {
+            let (source, selector) = match &s.versioning {
+                Versioning::Path => continue,
+                Versioning::Header(selector) => match HeaderName::try_from(selector.name.to_ascii_lowercase()) {
+                    Ok(name) => (LabelSource::Header(name), selector),
+                    Err(_) => {
+                        let header = &selector.name;
+                        tracing::warn!(api = %s.api_slug, %header, "left out a version selector: invalid header name");
+                        continue;
+                    }
+                },
+                Versioning::Query(selector) => (LabelSource::Query(selector.name.clone()), selector),
+            };
+            let versions = by_api.remove(s.api_id.as_str()).unwrap_or_default();
+            let candidates =
+                versions.into_iter().map(|(v, payload)| (v.label.as_str(), v.state, payload, &v.routes[..]));
+            if let Err(e) = self.add_selector(&selector.base_path, source, selector.default.as_deref(), candidates) {
+                tracing::warn!(api = %s.api_slug, error = %e, "left out a version selector");
+            }
+        }
     }
 
     /// The trie node of `base`, created if needed.
@@ -177,38 +335,95 @@ impl<T> Router<T> {
         let mut allow: Vec<Method> = Vec::new();
         let mut candidates = Vec::new();
         for &node in under.iter().rev() {
-            for &index in &self.bases[node].versions {
-                let version = &self.versions[index];
-                count_examined();
-                if !version.live {
-                    if allow.is_empty() {
-                        return RouteOutcome::Retired(&version.payload);
-                    }
-                    return method_not_allowed(allow);
+            let base = &self.bases[node];
+            for &index in &base.versions {
+                if let Some(outcome) = self.try_version(index, req, &mut allow, &mut candidates) {
+                    return outcome;
                 }
-                let segments = split_segments(&req.path[version.base.len()..]);
-                candidates.clear();
-                version.trie.matching(&segments, &mut candidates);
-                candidates.sort_unstable();
-                for &candidate in &candidates {
-                    let route = &version.routes[candidate];
-                    count_examined();
-                    if !route.matches_host_and_headers(req) {
-                        continue;
+            }
+            if let Some(selector) = base.selector {
+                count_examined();
+                match self.selectors[selector].choose(req) {
+                    Choice::Version(index) => {
+                        if let Some(outcome) = self.try_version(index, req, &mut allow, &mut candidates) {
+                            return outcome;
+                        }
                     }
-                    if route.methods.is_empty() || route.methods.contains(req.method) {
-                        return RouteOutcome::Matched {
-                            version: &version.payload,
-                            route_id: &route.id,
-                            remainder_start: version.base.len(),
-                        };
-                    }
-                    allow.extend(route.methods.iter().cloned());
+                    Choice::Unknown => break,
+                    Choice::Ambiguous => return RouteOutcome::AmbiguousVersion,
                 }
             }
         }
         if allow.is_empty() { RouteOutcome::NotFound } else { method_not_allowed(allow) }
     }
+
+    /// Tries the routes of one version whose base path the request is under: the
+    /// outcome if the version decides the request, `None` to go on looking.
+    fn try_version<'r>(
+        &'r self,
+        index: usize,
+        req: &RequestFacts<'_>,
+        allow: &mut Vec<Method>,
+        candidates: &mut Vec<usize>,
+    ) -> Option<RouteOutcome<'r, T>> {
+        let version = &self.versions[index];
+        count_examined();
+        if !version.live {
+            if allow.is_empty() {
+                return Some(RouteOutcome::Retired(&version.payload));
+            }
+            return Some(method_not_allowed(std::mem::take(allow)));
+        }
+        let segments = split_segments(&req.path[version.base.len()..]);
+        candidates.clear();
+        version.trie.matching(&segments, candidates);
+        candidates.sort_unstable();
+        for &candidate in candidates.iter() {
+            let route = &version.routes[candidate];
+            count_examined();
+            if !route.matches_host_and_headers(req) {
+                continue;
+            }
+            if route.methods.is_empty() || route.methods.contains(req.method) {
+                return Some(RouteOutcome::Matched {
+                    version: &version.payload,
+                    route_id: &route.id,
+                    remainder_start: version.base.len(),
+                });
+            }
+            allow.extend(route.methods.iter().cloned());
+        }
+        None
+    }
+}
+
+impl<T> VersionRoutes<T> {
+    /// Compiles a version's routes; those that cannot be compiled are skipped and
+    /// returned.
+    fn compile(
+        base: String,
+        state: VersionState,
+        payload: T,
+        routes: &[SnapshotRoute],
+    ) -> (VersionRoutes<T>, Vec<(String, RouteError)>) {
+        let mut compiled = Vec::with_capacity(routes.len());
+        let mut skipped = Vec::new();
+        for route in routes {
+            match Route::compile(&route.id, &route.spec) {
+                Ok(r) => compiled.push(r),
+                Err(e) => skipped.push((route.id.clone(), e)),
+            }
+        }
+        compiled.sort_by(|a, b| a.rank.cmp(&b.rank));
+        let trie = RouteTrie::build(&compiled);
+        (VersionRoutes { base, live: state.is_live(), payload, routes: compiled, trie }, skipped)
+    }
+}
+
+/// A base path normalized, without trailing slash; `""` for the root.
+fn base_of(base_path: &str) -> Result<String, RouteError> {
+    let base = normalize(base_path).map_err(|_| RouteError::Path(base_path.to_owned()))?;
+    Ok(base.trim_end_matches('/').to_owned())
 }
 
 fn method_not_allowed<'r, T>(mut allow: Vec<Method>) -> RouteOutcome<'r, T> {
@@ -571,10 +786,11 @@ mod tests {
         method: Method,
         host: Option<&'static str>,
         headers: HeaderMap,
+        query: Option<&'static str>,
     }
 
     fn get() -> Req {
-        Req { method: Method::GET, host: None, headers: HeaderMap::new() }
+        Req { method: Method::GET, host: None, headers: HeaderMap::new(), query: None }
     }
 
     impl Req {
@@ -587,12 +803,17 @@ mod tests {
             self
         }
         fn header(mut self, name: &'static str, value: &'static str) -> Self {
-            self.headers.insert(name, HeaderValue::from_static(value));
+            self.headers.append(name, HeaderValue::from_static(value));
+            self
+        }
+        fn query(mut self, q: &'static str) -> Self {
+            self.query = Some(q);
             self
         }
         /// `(version, route, remainder)` of a match, or a short name of the outcome.
         fn at(&self, router: &Router<&'static str>, path: &str) -> String {
-            let facts = RequestFacts { method: &self.method, host: self.host, headers: &self.headers, path };
+            let facts =
+                RequestFacts { method: &self.method, host: self.host, headers: &self.headers, path, query: self.query };
             match router.route(&facts) {
                 RouteOutcome::Matched { version, route_id, remainder_start } => {
                     format!("{version} {route_id} {:?}", &path[remainder_start..])
@@ -600,6 +821,7 @@ mod tests {
                 RouteOutcome::Retired(v) => format!("retired {v}"),
                 RouteOutcome::MethodNotAllowed(allow) => format!("405 {allow:?}"),
                 RouteOutcome::NotFound => "404".into(),
+                RouteOutcome::AmbiguousVersion => "400".into(),
             }
         }
     }
@@ -759,6 +981,93 @@ mod tests {
         headers.insert(http::header::HOST, HeaderValue::from_static("[::1]:8000"));
         assert_eq!(request_host(&Uri::from_static("/x"), &headers).as_deref(), Some("[::1]"));
         assert_eq!(request_host(&Uri::from_static("/x"), &HeaderMap::new()), None);
+    }
+
+    /// The pets API: v1 retired, v2 published, v3 deprecated, v4 a draft, each also
+    /// under its own base path, and a selector on `/pets`.
+    fn selected(source: LabelSource, default: Option<&str>) -> Router<&'static str> {
+        let versions: Vec<(&'static str, VersionState, Vec<SnapshotRoute>)> = vec![
+            ("v1", VersionState::Retired, vec![route("a", "/*")]),
+            (
+                "v2",
+                VersionState::Published,
+                vec![route("dogs", "/dogs/{id}"), with_methods(route("cats", "/cats"), &["GET"])],
+            ),
+            ("v3", VersionState::Deprecated, vec![route("all", "/*")]),
+            ("v4", VersionState::Draft, vec![route("all", "/*")]),
+        ];
+        let mut r = Router::default();
+        for (label, state, routes) in &versions {
+            r.add_version(&format!("/pets/{label}"), *state, *label, routes).unwrap();
+        }
+        r.add_version("/pets/v2/legacy", VersionState::Published, "legacy", &[route("x", "/*")]).unwrap();
+        let candidates = versions.iter().map(|(label, state, routes)| (*label, *state, *label, routes.as_slice()));
+        r.add_selector("/pets", source, default, candidates).unwrap();
+        r
+    }
+
+    #[test]
+    fn header_selectors_route_by_label_as_if_under_the_version_base() {
+        let r = selected(LabelSource::Header(HeaderName::from_static("api-version")), Some("v2"));
+        assert_eq!(get().header("api-version", "v2").at(&r, "/pets/dogs/7"), "v2 dogs \"/dogs/7\"");
+        assert_eq!(get().header("api-version", " v3 ").at(&r, "/pets/dogs/7"), "v3 all \"/dogs/7\"");
+        assert_eq!(get().at(&r, "/pets/dogs/7"), "v2 dogs \"/dogs/7\"", "the default");
+        assert_eq!(get().at(&r, "/pets"), "404", "v2 has no route for the base itself");
+        assert_eq!(get().header("api-version", "v1").at(&r, "/pets/anything"), "retired v1");
+        assert_eq!(get().header("api-version", "v4").at(&r, "/pets/dogs/7"), "404", "drafts are never chosen");
+        assert_eq!(get().header("api-version", "v9").at(&r, "/pets/dogs/7"), "404");
+        assert_eq!(get().header("api-version", "V2").at(&r, "/pets/dogs/7"), "404", "labels are exact");
+        assert_eq!(get().method(Method::POST).at(&r, "/pets/cats"), "405 [GET]");
+        assert_eq!(get().header("api-version", "v2").header("api-version", "v3").at(&r, "/pets/dogs/7"), "400");
+        assert_eq!(
+            get().header("api-version", "v2").header("api-version", "v2").at(&r, "/pets/dogs/7"),
+            "v2 dogs \"/dogs/7\""
+        );
+        // Versions' own base paths are deeper, so they win over the selector.
+        assert_eq!(get().header("api-version", "v3").at(&r, "/pets/v2/dogs/7"), "v2 dogs \"/dogs/7\"");
+        assert_eq!(get().at(&r, "/pets/v2/legacy/x"), "legacy x \"/x\"");
+        assert_eq!(get().header("api-version", "v2").at(&r, "/petsx/dogs/7"), "404");
+        assert_eq!(get().header("other", "v3").at(&r, "/pets/dogs/1"), "v2 dogs \"/dogs/1\"");
+    }
+
+    #[test]
+    fn query_selectors_decode_the_parameter_and_need_a_label_without_default() {
+        let r = selected(LabelSource::Query("version".into()), None);
+        assert_eq!(get().query("version=v3").at(&r, "/pets/x"), "v3 all \"/x\"");
+        assert_eq!(get().query("a=1&version=v2&b").at(&r, "/pets/dogs/1"), "v2 dogs \"/dogs/1\"");
+        assert_eq!(get().query("%76ersion=%76%33").at(&r, "/pets/x"), "v3 all \"/x\"", "percent-decoded");
+        assert_eq!(get().query("version=v3&version=v3").at(&r, "/pets/x"), "v3 all \"/x\"");
+        assert_eq!(get().query("version=v3&version=v2").at(&r, "/pets/x"), "400");
+        assert_eq!(get().at(&r, "/pets/x"), "404", "no label and no default");
+        assert_eq!(get().query("versions=v3").at(&r, "/pets/x"), "404");
+        assert_eq!(get().query("version").at(&r, "/pets/x"), "404", "an empty label names no version");
+        assert_eq!(get().query("version=v1").at(&r, "/pets/x"), "retired v1");
+    }
+
+    #[test]
+    fn a_selector_owns_its_base_path_but_shorter_versions_still_take_the_rest() {
+        let mut r = Router::default();
+        r.add_version("/", VersionState::Published, "root", &[route("all", "/*")]).unwrap();
+        r.add_version("/shop/v1", VersionState::Published, "v1", &[route("o", "/orders")]).unwrap();
+        let v1 = [route("o", "/orders")];
+        let header = || LabelSource::Header(HeaderName::from_static("x-v"));
+        r.add_selector("/shop", header(), None, [("v1", VersionState::Published, "v1", &v1[..])]).unwrap();
+        assert_eq!(get().header("x-v", "v1").at(&r, "/shop/orders"), "v1 o \"/orders\"");
+        // The chosen version has no such route: on to shorter base paths, as for versions.
+        assert_eq!(get().header("x-v", "v1").at(&r, "/shop/carts"), "root all \"/shop/carts\"");
+        // An unknown label does not fall through to `/`.
+        assert_eq!(get().header("x-v", "v7").at(&r, "/shop/orders"), "404");
+        assert_eq!(get().at(&r, "/elsewhere"), "root all \"/elsewhere\"");
+        assert_eq!(r.add_selector("/shop/", header(), None, []), Err(RouteError::SelectorTaken("/shop/".into())));
+    }
+
+    #[test]
+    fn form_decoding_keeps_malformed_escapes() {
+        assert_eq!(form_decode("a+b%20c"), "a b c");
+        assert_eq!(form_decode("100%"), "100%");
+        assert_eq!(form_decode("%zz%4"), "%zz%4");
+        assert_eq!(form_decode("%C3%A9"), "é");
+        assert!(matches!(form_decode("plain"), Cow::Borrowed("plain")));
     }
 
     /// Versions and routes [`Router::route`] examined for one request.
@@ -930,7 +1239,7 @@ mod tests {
         for path in &paths {
             for method in [Method::GET, Method::POST] {
                 for host in [None, Some("h.example")] {
-                    let facts = RequestFacts { method: &method, host, headers: &headers, path };
+                    let facts = RequestFacts { method: &method, host, headers: &headers, path, query: None };
                     assert_eq!(r.route(&facts), reference(&r, &facts), "{method} {host:?} {path}");
                 }
             }

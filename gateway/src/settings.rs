@@ -29,6 +29,14 @@ pub struct Settings {
     /// Largest request body, for versions whose policies set none; `None` for no
     /// limit. 413 beyond it.
     pub max_body_bytes: Option<u64>,
+    /// Longest wait for the next piece of a request body while it is being
+    /// forwarded: 408 (or, once the upstream has answered, the exchange cut off)
+    /// beyond it, so a client trickling its body cannot hold an upstream connection.
+    pub body_read_timeout: Duration,
+    /// Longest wait for a client to accept more of a response (to read what was
+    /// sent): the connection is closed beyond it, and with it the upstream's
+    /// response, so a client that stops reading cannot hold an upstream connection.
+    pub send_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -41,6 +49,8 @@ impl Default for Settings {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_body_bytes: None,
+            body_read_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -157,6 +167,7 @@ mod tests {
         assert_eq!((s.max_header_bytes, s.max_headers, s.max_uri_bytes), (16384, 100, 8192));
         assert_eq!((s.header_read_timeout, s.idle_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
         assert!(s.trusted_proxies.is_empty() && s.max_body_bytes.is_none());
+        assert_eq!((s.body_read_timeout, s.send_timeout), (Duration::from_secs(30), Duration::from_secs(30)));
         assert!(!s.is_trusted(ip("127.0.0.1")));
         let s = Settings { trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()], ..s };
         assert!(s.is_trusted(ip("127.0.0.1")) && s.is_trusted(ip("::ffff:127.0.0.1")));

@@ -1,5 +1,6 @@
 //! The status listener, on its own port so that it is never reachable through the
-//! proxy: liveness, readiness (a configuration is applied) and the applied version.
+//! proxy: liveness, readiness (a configuration is applied) and the applied version,
+//! with where it came from (the bus, or only the last-known-good file).
 
 use std::future::Future;
 use std::io;
@@ -17,7 +18,12 @@ use crate::config::ConfigStore;
 /// completes:
 /// - `/status/live`: 200 while the process serves at all;
 /// - `/status/ready`: 200 once a configuration snapshot is applied, 503 before;
-/// - `/status`: 200 with `{"ready", "config_version", "config_checksum"}`.
+///   a gateway serving its last-known-good file is ready (it routes), and degraded;
+/// - `/status`: 200 with `{"ready", "config_version", "config_checksum", "source",
+///   "degraded"}`, `source` being `"bus"`, `"last-known-good"` or `null` before the
+///   first snapshot, and `degraded` true while only the file has been applied.
+///
+/// Both `/status/ready` and `/status` answer the same document.
 pub async fn serve_status(
     listener: TcpListener,
     store: ConfigStore,

@@ -70,10 +70,8 @@ pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, TlsSettingsError
 /// built-in roots), so a bad CA makes the targets fail closed with 502 rather than
 /// taking the whole snapshot down.
 pub fn connector(tls: &UpstreamTls, connect_timeout: Option<Duration>) -> HttpsConnector<HttpConnector> {
-    let mut http = HttpConnector::new();
+    let mut http = plain_connector(connect_timeout);
     http.enforce_http(false);
-    http.set_connect_timeout(connect_timeout);
-    http.set_nodelay(true);
     let config = client_config(tls).unwrap_or_else(|e| {
         tracing::error!(error = %e, "unusable upstream tls settings; verifying against the built-in roots only");
         client_config(&UpstreamTls::default()).expect("the default tls settings are valid")
@@ -88,6 +86,14 @@ pub fn connector(tls: &UpstreamTls, connect_timeout: Option<Duration>) -> HttpsC
         None => builder,
     };
     builder.enable_all_versions().wrap_connector(http)
+}
+
+/// The TCP connector for cleartext targets (and under TLS for the others).
+pub fn plain_connector(connect_timeout: Option<Duration>) -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(connect_timeout);
+    http.set_nodelay(true);
+    http
 }
 
 fn server_name(name: &str) -> Result<ServerName<'static>, TlsSettingsError> {

@@ -1,5 +1,5 @@
 //! Upstreams as the proxy uses them: parsed targets, a balancer, timeouts, a pooled
-//! HTTP(S) client, and per-target state (active health, outlier ejection, circuit
+//! HTTP(S) client (HTTP/2 with prior knowledge for `h2c://` targets), and per-target state (active health, outlier ejection, circuit
 //! breaker, requests in flight) that decides which target may take a request. The
 //! state outlives snapshots; [`crate::registry`] says how.
 //!
@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{HeaderMap, HeaderName, Uri};
+use http::{HeaderMap, HeaderName, Request, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use serde::Serialize;
 use tokio::sync::watch;
 use turnpike_domain::model::{CircuitBreaker, HashOn, OutlierDetection, Retries};
@@ -40,8 +40,43 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// phases before made of it), or nothing.
 pub type UpstreamRequestBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// The client that carries proxied requests to `http://` and `https://` targets.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>;
+/// The scheme of targets spoken to in HTTP/2 over cleartext with prior knowledge
+/// (gRPC services without TLS). On the wire it is plain `http`.
+pub const H2C: &str = "h2c";
+
+/// The client that carries proxied requests and health probes: HTTP/1.1 to
+/// `http://` targets, HTTP/1.1 or HTTP/2 (by ALPN) to `https://` ones, and HTTP/2
+/// from the first byte to `h2c://` ones, chosen by the request URI's scheme. Clones
+/// share the connection pools.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    http: Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>,
+    h2c: Client<HttpConnector, UpstreamRequestBody>,
+}
+
+impl HttpClient {
+    /// `h2c` must be an HTTP/2-only client (`http2_only(true)`).
+    pub(crate) fn new(
+        http: Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>,
+        h2c: Client<HttpConnector, UpstreamRequestBody>,
+    ) -> HttpClient {
+        HttpClient { http, h2c }
+    }
+
+    /// Sends a request to the target its URI names (see [`UpstreamTarget::uri`]).
+    pub fn request(&self, mut req: Request<UpstreamRequestBody>) -> ResponseFuture {
+        if req.uri().scheme_str() != Some(H2C) {
+            return self.http.request(req);
+        }
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        // Cannot fail: the URI had a scheme and an authority and keeps them.
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        self.h2c.request(req)
+    }
+}
 
 /// An empty request body.
 pub fn empty_body() -> UpstreamRequestBody {
@@ -51,7 +86,7 @@ pub fn empty_body() -> UpstreamRequestBody {
 /// Why a target URL cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
-    #[error("target url {0:?} is not an absolute http or https url")]
+    #[error("target url {0:?} is not an absolute http, https or h2c url")]
     Invalid(String),
 }
 
@@ -70,7 +105,7 @@ impl UpstreamTarget {
         let invalid = || TargetError::Invalid(url.to_owned());
         let uri: Uri = url.parse().map_err(|_| invalid())?;
         let scheme = match uri.scheme() {
-            Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+            Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS || s.as_str() == H2C => s.clone(),
             _ => return Err(invalid()),
         };
         if uri.query().is_some() {
@@ -91,7 +126,8 @@ impl UpstreamTarget {
     }
 
     /// `{target url}{remainder}{?query}`: the path under the version's base path,
-    /// appended to the target's own path.
+    /// appended to the target's own path. `h2c://` targets keep their scheme, which
+    /// tells [`HttpClient::request`] to speak HTTP/2 to them.
     pub fn uri(&self, remainder: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let mut path_and_query =
             String::with_capacity(self.path_prefix.len() + remainder.len() + 1 + query.map_or(0, str::len));
@@ -487,11 +523,13 @@ mod tests {
         assert_eq!(prefixed.uri("/", None).unwrap(), "http://svc.local/api/");
         let tls = UpstreamTarget::parse("https://a.example:8443/v2").unwrap();
         assert_eq!(tls.uri("/x", None).unwrap(), "https://a.example:8443/v2/x");
+        let h2c = UpstreamTarget::parse("h2c://grpc.local:50051").unwrap();
+        assert_eq!(h2c.uri("/pkg.Svc/Call", None).unwrap(), "h2c://grpc.local:50051/pkg.Svc/Call");
     }
 
     #[test]
     fn unusable_targets_are_refused() {
-        for bad in ["a.example:80", "ftp://a.example", "http://a.example/?q=1", "not a url"] {
+        for bad in ["a.example:80", "ftp://a.example", "h2://a.example", "http://a.example/?q=1", "not a url"] {
             assert!(matches!(UpstreamTarget::parse(bad), Err(TargetError::Invalid(_))), "{bad}");
         }
     }

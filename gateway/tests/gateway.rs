@@ -221,11 +221,12 @@ fn version(
         successor_base_path: None,
         routes,
         policies: Default::default(),
+        openapi: None,
     }
 }
 
 fn content(versions: Vec<SnapshotVersion>, upstreams: Vec<SnapshotUpstream>) -> SnapshotContent {
-    SnapshotContent { versions, upstreams, plans: vec![], certificates: vec![] }
+    SnapshotContent { versions, upstreams, ..Default::default() }
 }
 
 /// One published version at `/pets/v1` taking everything, to `echo`.
@@ -297,7 +298,10 @@ async fn before_the_first_snapshot_the_proxy_answers_503_and_is_not_ready() {
     assert_eq!(gw.status("/status/ready").await.0, 503);
     assert_eq!(
         gw.status("/status").await,
-        (200, json!({"ready": false, "config_version": null, "config_checksum": null}))
+        (
+            200,
+            json!({"ready": false, "config_version": null, "config_checksum": null, "source": null, "degraded": false})
+        )
     );
     problem(gw.get("/pets/v1/dogs").await, 503, "no-config").await;
 
@@ -308,7 +312,16 @@ async fn before_the_first_snapshot_the_proxy_answers_503_and_is_not_ready() {
     assert_eq!(gw.status("/status/ready").await.0, 200);
     assert_eq!(
         gw.status("/status").await,
-        (200, json!({"ready": true, "config_version": 3, "config_checksum": snapshot.checksum}))
+        (
+            200,
+            json!({
+                "ready": true,
+                "config_version": 3,
+                "config_checksum": snapshot.checksum,
+                "source": "bus",
+                "degraded": false,
+            })
+        )
     );
     echoed(gw.get("/pets/v1/dogs").await).await;
 }
@@ -2522,5 +2535,1786 @@ mod edge {
         .await;
         assert_eq!(answers.iter().map(|a| a.status).collect::<Vec<_>>(), [400], "{answers:?}");
         assert_eq!(answers[0].header("connection"), Some("close"));
+    }
+}
+
+// ==== reliability ====
+
+/// Surviving trouble: the last-known-good snapshot file, slow clients, snapshot
+/// swaps under load, streaming with flat memory, and draining on shutdown.
+mod reliability {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    use turnpike_gateway::LastKnownGood;
+
+    use super::*;
+
+    /// A gateway serving `store` (built by the test, e.g. with a last-known-good
+    /// file); its bus has delivered nothing yet.
+    async fn start_on(store: ConfigStore, settings: Settings) -> TestGateway {
+        let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let status_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = proxy_listener.local_addr().unwrap();
+        let status = status_listener.local_addr().unwrap();
+        let bus = InProcessBus::new();
+        tokio::spawn(store.clone().follow(bus.subscribe()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let proxy_task = tokio::spawn(serve_proxy(proxy_listener, store.clone(), settings, async {
+            let _ = stopped.await;
+        }));
+        tokio::spawn(serve_status(status_listener, store.clone(), std::future::pending()));
+        TestGateway { proxy, status, bus, store, stop: Some(stop), proxy_task, http: reqwest::Client::new() }
+    }
+
+    fn status_doc(version: u64, checksum: &str, source: &str) -> Value {
+        json!({
+            "ready": true,
+            "config_version": version,
+            "config_checksum": checksum,
+            "source": source,
+            "degraded": source == "last-known-good",
+        })
+    }
+
+    async fn saved(lkg: &LastKnownGood, version: u64) {
+        tokio::time::timeout(Duration::from_secs(10), lkg.wait_saved(version))
+            .await
+            .unwrap_or_else(|_| panic!("snapshot {version} was not saved within 10 s"));
+    }
+
+    // ---- last-known-good snapshot
+
+    #[tokio::test]
+    async fn a_gateway_serves_its_last_known_good_file_before_the_bus_speaks() {
+        let (a, b) = (EchoServer::start("a").await, EchoServer::start("b").await);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway-snapshot.json");
+        // What an earlier run of the gateway saved.
+        let earlier = Snapshot::compile(4, simple(&a), Utc::now());
+        LastKnownGood::new(&path).save(&earlier).unwrap();
+
+        let lkg = LastKnownGood::new(&path);
+        let gw = start_on(ConfigStore::new().with_last_known_good(lkg.clone()), Settings::default()).await;
+        assert_eq!(gw.status("/status/ready").await.0, 200, "the file alone makes the gateway ready");
+        assert_eq!(gw.status("/status").await, (200, status_doc(4, &earlier.checksum, "last-known-good")));
+        assert_eq!(echoed(gw.get("/pets/v1/x").await).await["upstream"], "a");
+
+        // The control plane comes back with the same snapshot: confirmed, not degraded.
+        assert_eq!(gw.store.apply(&earlier), Ok(()));
+        assert_eq!(gw.status("/status").await, (200, status_doc(4, &earlier.checksum, "bus")));
+
+        // Newer snapshots from the bus are applied and become the file.
+        gw.publish(5, simple(&b)).await;
+        saved(&lkg, 5).await;
+        let on_disk = lkg.load().unwrap();
+        assert_eq!((on_disk.version, &on_disk.content), (5, &simple(&b)));
+        assert_eq!(echoed(gw.get("/pets/v1/x").await).await["upstream"], "b");
+        assert_eq!(gw.status("/status").await.1["source"], "bus");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_file_is_ignored_and_the_gateway_waits_for_the_bus() {
+        let echo = EchoServer::start("a").await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway-snapshot.json");
+        LastKnownGood::new(&path).save(&Snapshot::compile(9, simple(&echo), Utc::now())).unwrap();
+        let lkg = LastKnownGood::new(&path);
+        let whole = std::fs::read(lkg.path()).unwrap();
+        // Cut short, as by a disk filling up under a writer that did not sync.
+        std::fs::write(lkg.path(), &whole[..whole.len() / 2]).unwrap();
+
+        let gw = start_on(ConfigStore::new().with_last_known_good(lkg.clone()), Settings::default()).await;
+        assert_eq!(gw.status("/status/ready").await.0, 503, "a damaged file does not make the gateway ready");
+        assert_eq!(
+            gw.status("/status").await.1,
+            json!({"ready": false, "config_version": null, "config_checksum": null, "source": null, "degraded": false})
+        );
+        problem(gw.get("/pets/v1/x").await, 503, "no-config").await;
+
+        gw.publish(2, simple(&echo)).await;
+        echoed(gw.get("/pets/v1/x").await).await;
+        saved(&lkg, 2).await;
+        assert_eq!(lkg.load().unwrap().version, 2, "the damaged file was replaced");
+    }
+
+    #[tokio::test]
+    async fn the_bus_overrules_the_file_unless_it_offers_an_empty_older_snapshot() {
+        let (a, b) = (EchoServer::start("a").await, EchoServer::start("b").await);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway-snapshot.json");
+        let good = Snapshot::compile(7, simple(&a), Utc::now());
+        LastKnownGood::new(&path).save(&good).unwrap();
+        let lkg = LastKnownGood::new(&path);
+        let gw = start_on(ConfigStore::new().with_last_known_good(lkg.clone()), Settings::default()).await;
+
+        // An emptied bus, or a control plane on a fresh database: refused, the
+        // file's configuration stays and the gateway stays degraded.
+        let empty = |version| Snapshot::compile(version, SnapshotContent::default(), Utc::now());
+        assert_eq!(gw.store.apply(&empty(1)), Err(ApplyError::EmptyBehindFile { offered: 1, current: 7 }));
+        assert_eq!(gw.store.apply(&empty(7)), Err(ApplyError::EmptyBehindFile { offered: 7, current: 7 }));
+        assert_eq!(gw.status("/status").await.1, status_doc(7, &good.checksum, "last-known-good"));
+        assert_eq!(echoed(gw.get("/pets/v1/x").await).await["upstream"], "a");
+
+        // A control plane restored from an older backup is the authority: followed.
+        let restored = Snapshot::compile(3, simple(&b), Utc::now());
+        assert_eq!(gw.store.apply(&restored), Ok(()));
+        assert_eq!(gw.status("/status").await.1, status_doc(3, &restored.checksum, "bus"));
+        assert_eq!(echoed(gw.get("/pets/v1/x").await).await["upstream"], "b");
+        saved(&lkg, 3).await;
+        assert_eq!(lkg.load().unwrap().version, 3);
+
+        // From then on only newer snapshots apply, empty or not.
+        let older = Snapshot::compile(2, simple(&a), Utc::now());
+        assert_eq!(gw.store.apply(&older), Err(ApplyError::Stale { offered: 2, current: 3 }));
+        assert_eq!(gw.store.apply(&empty(2)), Err(ApplyError::Stale { offered: 2, current: 3 }));
+        // Removing the last API is a legitimate change: a newer empty snapshot applies.
+        assert_eq!(gw.store.apply(&empty(4)), Ok(()));
+        problem(gw.get("/pets/v1/x").await, 404, "no-route").await;
+        saved(&lkg, 4).await;
+        assert!(lkg.load().unwrap().content.versions.is_empty());
+    }
+
+    // ---- slow clients
+
+    /// Reads one HTTP/1.1 response until the gateway closes the connection.
+    async fn read_closing_response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+            .await
+            .expect("the gateway kept the connection open")
+            .unwrap();
+        let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+        let head = String::from_utf8(buf[..split].to_vec()).unwrap().to_ascii_lowercase();
+        let mut body = buf[split + 4..].to_vec();
+        if head.contains("transfer-encoding: chunked") {
+            body = dechunk(&body);
+        }
+        (head[9..12].parse().unwrap(), head, body)
+    }
+
+    #[tokio::test]
+    async fn a_request_body_that_stalls_is_cut_off_with_408() {
+        let echo = EchoServer::start("a").await;
+        let timeout = Duration::from_millis(400);
+        let gw = start_on(ConfigStore::new(), Settings { body_read_timeout: timeout, ..Settings::default() }).await;
+        gw.publish(1, simple(&echo)).await;
+
+        for framing in ["Content-Length: 100", "Transfer-Encoding: chunked"] {
+            let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
+            let first = if framing.starts_with("Content") { "0123456789" } else { "a\r\n0123456789\r\n" };
+            let request = format!("POST /pets/v1/upload HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n{first}");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let started = Instant::now();
+            let (status, head, body) = read_closing_response(&mut stream).await;
+            let waited = started.elapsed();
+            assert_eq!(status, 408, "{framing}: {head}");
+            assert!(head.contains("connection: close"), "{head}");
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["type"], "urn:turnpike:problem:body-timeout");
+            assert!(waited >= timeout && waited < Duration::from_secs(5), "{framing}: cut off after {waited:?}");
+        }
+        // Other clients were served all along.
+        echoed(gw.get("/pets/v1/x").await).await;
+    }
+
+    #[tokio::test]
+    async fn a_slow_but_steady_request_body_is_not_cut_off() {
+        let echo = EchoServer::start("a").await;
+        let timeout = Duration::from_millis(400);
+        let gw = start_on(ConfigStore::new(), Settings { body_read_timeout: timeout, ..Settings::default() }).await;
+        gw.publish(1, simple(&echo)).await;
+
+        let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
+        stream
+            .write_all(
+                b"POST /pets/v1/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let started = Instant::now();
+        // Six pieces, each well within the timeout, together well beyond it.
+        for piece in ["one ", "two ", "three ", "four ", "five ", "six"] {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            stream.write_all(format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes()).await.unwrap();
+        }
+        stream.write_all(b"0\r\n\r\n").await.unwrap();
+        let (status, head, body) = read_closing_response(&mut stream).await;
+        assert!(started.elapsed() > timeout);
+        assert_eq!(status, 200, "{head}");
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["body"], "one two three four five six");
+    }
+
+    /// A response body of `limit` bytes made on demand; when dropped (the exchange
+    /// ended or was abandoned) it reports how much of it was produced.
+    struct Endless {
+        chunk: Bytes,
+        produced: u64,
+        limit: u64,
+        dropped: Option<oneshot::Sender<u64>>,
+    }
+
+    impl hyper::body::Body for Endless {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            if self.produced >= self.limit {
+                return Poll::Ready(None);
+            }
+            self.produced += self.chunk.len() as u64;
+            Poll::Ready(Some(Ok(Frame::data(self.chunk.clone()))))
+        }
+    }
+
+    impl Drop for Endless {
+        fn drop(&mut self) {
+            if let Some(tx) = self.dropped.take() {
+                let _ = tx.send(self.produced);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_disconnected_and_the_upstream_released() {
+        const LIMIT: u64 = 1 << 30;
+        let (dropped_tx, dropped_rx) = oneshot::channel();
+        let dropped_tx = Arc::new(std::sync::Mutex::new(Some(dropped_tx)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(move || {
+            let dropped = dropped_tx.lock().unwrap().take();
+            async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                Body::new(Endless { chunk, produced: 0, limit: LIMIT, dropped })
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let timeout = Duration::from_millis(400);
+        let gw = start_on(ConfigStore::new(), Settings { send_timeout: timeout, ..Settings::default() }).await;
+        gw.publish(
+            1,
+            content(
+                vec![version("v1", "/big", VersionState::Published, Some("u"), vec![route("all", "/*")])],
+                vec![upstream("u", &[(upstream_url, 1)])],
+            ),
+        )
+        .await;
+
+        // A client with a small window that asks for a gibibyte and reads none of it.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut client = socket.connect(gw.proxy).await.unwrap();
+        client.write_all(b"GET /big/download HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let produced = tokio::time::timeout(Duration::from_secs(20), dropped_rx)
+            .await
+            .expect("the upstream's response was still held 20 s after the client stopped reading")
+            .unwrap();
+        assert!(produced < LIMIT / 8, "the gateway kept reading the upstream: {produced} bytes");
+        // And the client's connection is gone: what was buffered, then the end.
+        let mut sink = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut sink)).await;
+        assert!(end.is_ok(), "the connection to the slow reader stayed open");
+        assert!((sink.len() as u64) < produced + 4096, "more arrived than the upstream produced");
+    }
+
+    // ---- snapshot swaps under load
+
+    /// Version `n` of a configuration that keeps `/pets/v1/items/7` valid while
+    /// changing everything else: even versions go to `a`, odd ones to `b`; the route
+    /// alternates between a template and a catch-all; every request is stamped with
+    /// the version it ran on.
+    fn swapping(n: u64, a: &EchoServer, b: &EchoServer) -> SnapshotContent {
+        let target = if n.is_multiple_of(2) { a.url() } else { b.url() };
+        let route = if n.is_multiple_of(3) { route("item", "/items/{id}") } else { route("all", "/*") };
+        let mut v = version("v1", "/pets/v1", VersionState::Published, Some("u"), vec![route]);
+        v.policies.request_headers.set.insert("x-config-version".into(), n.to_string());
+        content(vec![v], vec![upstream("u", &[(target, 1)])])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_swaps_under_load_fail_no_request_and_each_runs_on_one_configuration() {
+        const CLIENTS: usize = 8;
+        const REQUESTS: usize = 200;
+        let (a, b) = (Arc::new(EchoServer::start("a").await), Arc::new(EchoServer::start("b").await));
+        let gw = Arc::new(TestGateway::start().await);
+        gw.publish(1, swapping(1, &a, &b)).await;
+
+        let done = Arc::new(AtomicBool::new(false));
+        let publisher = {
+            let (gw, a, b, done) = (gw.clone(), a.clone(), b.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut n = 2;
+                while !done.load(Ordering::SeqCst) && n < 20_000 {
+                    gw.bus.publish(Arc::new(Snapshot::compile(n, swapping(n, &a, &b), Utc::now()))).await.unwrap();
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                n - 2
+            })
+        };
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let (http, url) = (gw.http.clone(), gw.url("/pets/v1/items/7"));
+                tokio::spawn(async move {
+                    let mut seen = Vec::with_capacity(REQUESTS);
+                    for _ in 0..REQUESTS {
+                        let response = http.get(&url).send().await.expect("the gateway answers");
+                        assert_eq!(response.status(), 200, "a request failed during a swap");
+                        let body: Value = response.json().await.unwrap();
+                        let n: u64 = body["headers"]["x-config-version"].as_str().unwrap().parse().unwrap();
+                        let expected = if n.is_multiple_of(2) { "a" } else { "b" };
+                        assert_eq!(body["upstream"], expected, "version {n}'s header with another's upstream");
+                        assert_eq!(body["path"], "/items/7");
+                        seen.push(n);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut versions = BTreeSet::new();
+        let mut answered = 0;
+        for client in clients {
+            let seen = client.await.unwrap();
+            answered += seen.len();
+            versions.extend(seen);
+        }
+        done.store(true, Ordering::SeqCst);
+        let swaps = publisher.await.unwrap();
+        assert_eq!(answered, CLIENTS * REQUESTS);
+        assert!(swaps >= 20, "only {swaps} swaps happened during the load");
+        assert!(versions.len() >= 10, "requests ran on only {} configurations", versions.len());
+    }
+
+    // ---- streaming with flat memory
+
+    const FLAT_MEMORY_CHILD: &str = "reliability::flat_memory_stream_in_own_process";
+    /// Streamed each way.
+    const STREAM_BYTES: u64 = 256 << 20;
+    /// How much the process may grow while streaming.
+    const MAX_GROWTH: u64 = 64 << 20;
+
+    /// Runs [`flat_memory_stream_in_own_process`] alone in a fresh process, so that no
+    /// other test's memory counts.
+    #[tokio::test]
+    async fn a_quarter_gibibyte_each_way_streams_through_with_flat_memory() {
+        let mut command = tokio::process::Command::new(std::env::current_exe().unwrap());
+        command
+            .args([FLAT_MEMORY_CHILD, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null());
+        let output = tokio::time::timeout(Duration::from_secs(180), command.output())
+            .await
+            .expect("streaming took longer than 180 s")
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(stdout.contains("streamed 268435456 bytes each way"), "the child did not run:\n{stdout}");
+    }
+
+    /// Word-wise digest of a byte stream, whatever its pieces.
+    #[derive(Default)]
+    struct Digest {
+        len: u64,
+        state: u64,
+        carry: [u8; 8],
+        carried: usize,
+    }
+
+    impl Digest {
+        fn update(&mut self, mut data: &[u8]) {
+            self.len += data.len() as u64;
+            if self.carried > 0 {
+                let take = (8 - self.carried).min(data.len());
+                self.carry[self.carried..self.carried + take].copy_from_slice(&data[..take]);
+                self.carried += take;
+                data = &data[take..];
+                if self.carried < 8 {
+                    return;
+                }
+                self.word(u64::from_le_bytes(self.carry));
+                self.carried = 0;
+            }
+            let mut words = data.chunks_exact(8);
+            for word in &mut words {
+                self.word(u64::from_le_bytes(word.try_into().unwrap()));
+            }
+            let rest = words.remainder();
+            self.carry[..rest.len()].copy_from_slice(rest);
+            self.carried = rest.len();
+        }
+
+        fn word(&mut self, word: u64) {
+            self.state = (self.state.rotate_left(7) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+
+        fn finish(mut self) -> (u64, u64) {
+            let mut last = [0u8; 8];
+            last[..self.carried].copy_from_slice(&self.carry[..self.carried]);
+            self.word(u64::from_le_bytes(last) ^ self.carried as u64);
+            (self.len, self.state)
+        }
+    }
+
+    /// An upload of `left` bytes made of shifting windows over a pseudo-random
+    /// pattern, digested as it is sent.
+    struct Generated {
+        pattern: Bytes,
+        left: u64,
+        piece: u64,
+        sent: Arc<std::sync::Mutex<Digest>>,
+    }
+
+    impl hyper::body::Body for Generated {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            let size = self.left.min(64 * 1024) as usize;
+            let start = (self.piece * 4099 % (1 << 20)) as usize;
+            let chunk = self.pattern.slice(start..start + size);
+            self.sent.lock().unwrap().update(&chunk);
+            self.left -= size as u64;
+            self.piece += 1;
+            Poll::Ready(Some(Ok(Frame::data(chunk))))
+        }
+
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            hyper::body::SizeHint::with_exact(self.left)
+        }
+    }
+
+    /// A `kB` figure of this process from `/proc/self/status`, in bytes.
+    fn proc_status(field: &str) -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "run in its own process by a_quarter_gibibyte_each_way_streams_through_with_flat_memory"]
+    async fn flat_memory_stream_in_own_process() {
+        let echo = EchoServer::start("a").await;
+        let gw = TestGateway::start().await;
+        gw.publish(1, simple(&echo)).await;
+        let client = Client::builder(TokioExecutor::new()).build_http::<Generated>();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let pattern: Vec<u8> = (0..(1 << 20) + 64 * 1024)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let pattern = Bytes::from(pattern);
+
+        // Warm up (connections, pools, buffers), then take the baseline.
+        let upload = |bytes: u64| {
+            let sent = Arc::new(std::sync::Mutex::new(Digest::default()));
+            let body = Generated { pattern: pattern.clone(), left: bytes, piece: 0, sent: sent.clone() };
+            let request = http::Request::post(gw.url("/pets/v1/stream")).header("x-echo-stream", "1").body(body);
+            (client.request(request.unwrap()), sent)
+        };
+        for _ in 0..2 {
+            let (response, _) = upload(8 << 20);
+            response.await.unwrap().into_body().collect().await.unwrap();
+        }
+        let baseline = proc_status("VmRSS:");
+
+        let started = Instant::now();
+        let (response, sent) = upload(STREAM_BYTES);
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let mut received = Digest::default();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                received.update(&data);
+            }
+        }
+        let elapsed = started.elapsed();
+        let peak = proc_status("VmHWM:");
+        let sent = std::mem::take(&mut *sent.lock().unwrap()).finish();
+        let received = received.finish();
+        assert_eq!(sent.0, STREAM_BYTES, "the whole upload was sent");
+        assert_eq!(received, sent, "the download differs from the upload (length, digest)");
+        // The peak since start: at least the largest size reached while streaming.
+        let growth = peak.saturating_sub(baseline);
+        println!(
+            "streamed {STREAM_BYTES} bytes each way in {elapsed:?}; RSS {} MiB before, peak {} MiB",
+            baseline >> 20,
+            peak >> 20
+        );
+        assert!(growth < MAX_GROWTH, "memory grew by {} MiB while streaming", growth >> 20);
+    }
+
+    // ---- graceful shutdown
+
+    /// Reads one response with a `Content-Length` body off a kept-alive connection.
+    async fn read_one(stream: &mut TcpStream) -> u16 {
+        let mut buf = Vec::new();
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if buf.len() >= end + 4 + len {
+                    return head[9..12].parse().unwrap();
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "closed before a full response");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_a_request_still_streaming_closes_idle_connections_and_refuses_new_ones() {
+        let echo = EchoServer::start("a").await;
+        let mut gw = TestGateway::start().await;
+        gw.publish(1, simple(&echo)).await;
+        let mut idle = TcpStream::connect(gw.proxy).await.unwrap();
+        idle.write_all(b"GET /pets/v1/x HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        assert_eq!(read_one(&mut idle).await, 200);
+
+        // A request whose body is still being sent, echoed back piece by piece.
+        let client = Client::builder(TokioExecutor::new()).build_http::<ChannelBody>();
+        let (tx, rx) = mpsc::channel(1);
+        let request =
+            http::Request::post(gw.url("/pets/v1/duplex")).header("x-echo-stream", "1").body(ChannelBody(rx)).unwrap();
+        let sending = tokio::spawn(client.request(request));
+        tx.send(Bytes::from(vec![b'a'; 16 * 1024])).await.unwrap();
+        let mut body = sending.await.unwrap().unwrap().into_body();
+        assert!(read_exactly(&mut body, 16 * 1024).await.iter().all(|b| *b == b'a'));
+
+        gw.stop.take().unwrap().send(()).unwrap();
+        // The idle connection is closed at once: shutdown does not wait for it.
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok_and(|r| r.is_ok()) && rest.is_empty(), "the idle connection stayed open");
+        // The listener was closed before that: new connections are refused.
+        assert!(TcpStream::connect(gw.proxy).await.is_err(), "a new connection was accepted while draining");
+        assert!(!gw.proxy_task.is_finished(), "the proxy stopped with a request in flight");
+
+        // The request in flight goes on to its end.
+        for fill in [b'b', b'c'] {
+            tx.send(Bytes::from(vec![fill; 16 * 1024])).await.unwrap();
+            let piece = tokio::time::timeout(Duration::from_secs(5), read_exactly(&mut body, 16 * 1024)).await.unwrap();
+            assert!(piece.iter().all(|b| *b == fill), "piece {} came back altered", fill as char);
+        }
+        drop(tx);
+        assert!(body.frame().await.is_none_or(|f| f.unwrap().is_trailers()), "the response ends normally");
+        tokio::time::timeout(Duration::from_secs(5), &mut gw.proxy_task)
+            .await
+            .expect("the proxy did not return once the last request ended")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+// ==== versioning ====
+
+mod versioning {
+    //! Version selection by header and query parameter, and gRPC-style calls passed
+    //! through to `h2c://` upstreams with their HTTP/2 trailers.
+
+    use std::collections::VecDeque;
+
+    use http::{HeaderMap, HeaderValue, Request, StatusCode};
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    use turnpike_domain::model::{VersionSelector, Versioning};
+    use turnpike_domain::snapshot::SnapshotSelector;
+
+    use super::*;
+
+    fn selector(versioning: Versioning) -> SnapshotSelector {
+        SnapshotSelector { api_id: "api".into(), api_slug: "pets".into(), versioning }
+    }
+
+    fn select(name: &str, default: Option<&str>) -> VersionSelector {
+        VersionSelector { name: name.into(), base_path: "/pets".into(), default: default.map(Into::into) }
+    }
+
+    /// The pets API: v1 (published) to upstream `one`, v2 (published) to `two`, v0
+    /// retired, each under its own base path, plus the given selector.
+    fn pets(one: &EchoServer, two: &EchoServer, versioning: Versioning) -> SnapshotContent {
+        let mut content = content(
+            vec![
+                version("v0", "/pets/v0", VersionState::Retired, Some("one"), vec![route("all", "/*")]),
+                version("v1", "/pets/v1", VersionState::Published, Some("one"), vec![route("all", "/*")]),
+                version("v2", "/pets/v2", VersionState::Published, Some("two"), vec![route("dogs", "/dogs/{id}")]),
+            ],
+            vec![upstream("one", &[(one.url(), 1)]), upstream("two", &[(two.url(), 1)])],
+        );
+        content.selectors = vec![selector(versioning)];
+        content
+    }
+
+    async fn get_with(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = gw.http.get(gw.url(path));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.send().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_header_picks_the_version_and_its_absence_the_default() {
+        let (one, two) = (EchoServer::start("one").await, EchoServer::start("two").await);
+        let gw = TestGateway::start().await;
+        gw.publish(1, pets(&one, &two, Versioning::Header(select("API-Version", Some("v2"))))).await;
+
+        let body = echoed(get_with(&gw, "/pets/dogs/7?x=1", &[("api-version", "v1")]).await).await;
+        assert_eq!((body["upstream"].as_str(), body["path"].as_str()), (Some("one"), Some("/dogs/7")));
+        assert_eq!(body["query"], "x=1");
+        assert_eq!(body["headers"]["api-version"], "v1", "the selector header is passed on");
+        let body = echoed(get_with(&gw, "/pets/dogs/7", &[("api-version", "v2")]).await).await;
+        assert_eq!((body["upstream"].as_str(), body["path"].as_str()), (Some("two"), Some("/dogs/7")));
+        let body = echoed(gw.get("/pets/dogs/8").await).await;
+        assert_eq!((body["upstream"].as_str(), body["path"].as_str()), (Some("two"), Some("/dogs/8")), "default");
+
+        // The chosen version's routes apply as under its own base path.
+        problem(get_with(&gw, "/pets/cats", &[("api-version", "v2")]).await, 404, "no-route").await;
+        // Each version's own base path keeps working, whatever the header says.
+        let body = echoed(get_with(&gw, "/pets/v1/anything", &[("api-version", "v2")]).await).await;
+        assert_eq!((body["upstream"].as_str(), body["path"].as_str()), (Some("one"), Some("/anything")));
+    }
+
+    #[tokio::test]
+    async fn unknown_retired_and_ambiguous_labels_are_refused() {
+        let (one, two) = (EchoServer::start("one").await, EchoServer::start("two").await);
+        let gw = TestGateway::start().await;
+        gw.publish(1, pets(&one, &two, Versioning::Header(select("api-version", None)))).await;
+
+        problem(get_with(&gw, "/pets/dogs/7", &[("api-version", "v9")]).await, 404, "no-route").await;
+        problem(gw.get("/pets/dogs/7").await, 404, "no-route").await;
+        problem(get_with(&gw, "/pets/dogs/7", &[("api-version", "v0")]).await, 410, "version-retired").await;
+        let ambiguous = gw.http.get(gw.url("/pets/dogs/7")).header("api-version", "v1").header("api-version", "v2");
+        problem(ambiguous.send().await.unwrap(), 400, "malformed-request").await;
+    }
+
+    #[tokio::test]
+    async fn a_query_parameter_picks_the_version_and_a_swap_changes_the_mode() {
+        let (one, two) = (EchoServer::start("one").await, EchoServer::start("two").await);
+        let gw = TestGateway::start().await;
+        gw.publish(1, pets(&one, &two, Versioning::Query(select("version", Some("v1"))))).await;
+
+        let body = echoed(gw.get("/pets/dogs/7?version=v2&a=b").await).await;
+        assert_eq!((body["upstream"].as_str(), body["path"].as_str()), (Some("two"), Some("/dogs/7")));
+        assert_eq!(body["query"], "version=v2&a=b", "the query is passed on as sent");
+        let body = echoed(gw.get("/pets/x").await).await;
+        assert_eq!((body["upstream"].as_str(), body["path"].as_str()), (Some("one"), Some("/x")), "default");
+        let body = echoed(get_with(&gw, "/pets/x", &[("version", "v2")]).await).await;
+        assert_eq!(body["upstream"], "one", "a header of that name is not the query parameter");
+        problem(gw.get("/pets/x?version=v0").await, 410, "version-retired").await;
+        problem(gw.get("/pets/x?version=v3").await, 404, "no-route").await;
+
+        // Back to path versioning: the selector's base path is gone.
+        gw.publish(2, pets(&one, &two, Versioning::Path)).await;
+        problem(gw.get("/pets/x?version=v1").await, 404, "no-route").await;
+        echoed(gw.get("/pets/v1/x").await).await;
+    }
+
+    // ---- gRPC-style calls to an h2c upstream
+
+    /// A response body of frames given up front.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl hyper::body::Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    /// A response body whose frames the test sends one by one.
+    struct FrameChannel(mpsc::Receiver<Frame<Bytes>>);
+
+    impl hyper::body::Body for FrameChannel {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0.poll_recv(cx).map(|frame| frame.map(Ok))
+        }
+    }
+
+    type GrpcBody = http_body_util::Either<Frames, FrameChannel>;
+
+    /// A gRPC-style server speaking only HTTP/2 (prior knowledge): `/echo.Echo/Say`
+    /// answers the request's message back followed by trailers `grpc-status: 0`;
+    /// `/echo.Echo/Fail` answers trailers-only with `grpc-status: 13`;
+    /// `/echo.Echo/Stream` hands the test a sender for the response frames; calls to
+    /// `.../Check` are announced. Every answer carries what the server saw of `te`
+    /// and the path.
+    struct GrpcServer {
+        addr: SocketAddr,
+        streams: Mutex<mpsc::UnboundedReceiver<mpsc::Sender<Frame<Bytes>>>>,
+        checks: Mutex<mpsc::UnboundedReceiver<()>>,
+    }
+
+    #[derive(Clone)]
+    struct GrpcState {
+        streams: mpsc::UnboundedSender<mpsc::Sender<Frame<Bytes>>>,
+        checks: mpsc::UnboundedSender<()>,
+    }
+
+    impl GrpcServer {
+        async fn start() -> GrpcServer {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (streams_tx, streams) = mpsc::unbounded_channel();
+            let (checks_tx, checks) = mpsc::unbounded_channel();
+            let state = GrpcState { streams: streams_tx, checks: checks_tx };
+            tokio::spawn(async move {
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    let state = state.clone();
+                    let service = hyper::service::service_fn(move |req| grpc_call(req, state.clone()));
+                    tokio::spawn(
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service),
+                    );
+                }
+            });
+            GrpcServer { addr, streams: Mutex::new(streams), checks: Mutex::new(checks) }
+        }
+
+        fn url(&self) -> String {
+            format!("h2c://{}", self.addr)
+        }
+    }
+
+    async fn grpc_call(req: Request<Incoming>, state: GrpcState) -> Result<http::Response<GrpcBody>, Infallible> {
+        let seen_te = req.headers().get("te").cloned().unwrap_or(HeaderValue::from_static("none"));
+        let path = HeaderValue::try_from(req.uri().path()).unwrap();
+        let grpc = req.headers().get("content-type").is_some_and(|v| v == "application/grpc");
+        let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
+        let message = req.into_body().collect().await.unwrap().to_bytes();
+        let mut response = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("x-seen-te", seen_te)
+            .header("x-seen-path", path);
+        let body = match (grpc, method.as_str()) {
+            (true, "Say") => {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                trailers.insert("grpc-message", HeaderValue::from_static("ok"));
+                GrpcBody::Left(Frames(VecDeque::from([Frame::data(message), Frame::trailers(trailers)])))
+            }
+            (true, "Stream") => {
+                let (tx, rx) = mpsc::channel(1);
+                state.streams.send(tx).unwrap();
+                GrpcBody::Right(FrameChannel(rx))
+            }
+            (_, "Check") => {
+                let _ = state.checks.send(());
+                GrpcBody::Left(Frames(VecDeque::new()))
+            }
+            _ => {
+                // Trailers-only: the status travels in the response head, which ends the stream.
+                response = response.header("grpc-status", "13").header("grpc-message", "internal%20failure");
+                GrpcBody::Left(Frames(VecDeque::new()))
+            }
+        };
+        Ok(response.body(body).unwrap())
+    }
+
+    /// A length-prefixed gRPC message (uncompressed).
+    fn grpc_message(payload: &[u8]) -> Bytes {
+        let mut framed = vec![0];
+        framed.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+        framed.extend_from_slice(payload);
+        Bytes::from(framed)
+    }
+
+    /// The gRPC server behind the gateway as the version `/rpc/v1`.
+    async fn grpc_gateway(server: &GrpcServer) -> TestGateway {
+        let gw = TestGateway::start().await;
+        let content = content(
+            vec![version("v1", "/rpc/v1", VersionState::Published, Some("g"), vec![route("all", "/*")])],
+            vec![upstream("g", &[(server.url(), 1)])],
+        );
+        gw.publish(1, content).await;
+        gw
+    }
+
+    /// An HTTP/2 (prior knowledge) client connection to the gateway.
+    async fn h2_client(gw: &TestGateway) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+        let tcp = TcpStream::connect(gw.proxy).await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        send
+    }
+
+    fn grpc_request(gw: &TestGateway, method: &str, message: Bytes) -> Request<Full<Bytes>> {
+        Request::post(format!("http://{}/rpc/v1/echo.Echo/{method}", gw.proxy))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(message))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn grpc_calls_reach_h2c_upstreams_and_their_trailers_come_back() {
+        let server = GrpcServer::start().await;
+        let gw = grpc_gateway(&server).await;
+        let mut client = h2_client(&gw).await;
+        let message = grpc_message(b"hello");
+        let response = client.send_request(grpc_request(&gw, "Say", message.clone())).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+        assert_eq!(response.headers()["x-seen-te"], "trailers", "gRPC servers require te: trailers");
+        assert_eq!(response.headers()["x-seen-path"], "/echo.Echo/Say");
+        assert!(response.headers().contains_key("x-request-id"));
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("the upstream's trailers arrive");
+        assert_eq!(collected.to_bytes(), message);
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["grpc-message"], "ok");
+
+        // The same connection carries further calls.
+        let again = client.send_request(grpc_request(&gw, "Say", grpc_message(b"again"))).await.unwrap();
+        let collected = again.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    }
+
+    #[tokio::test]
+    async fn trailers_only_grpc_failures_pass_through_as_sent() {
+        let server = GrpcServer::start().await;
+        let gw = grpc_gateway(&server).await;
+        let mut client = h2_client(&gw).await;
+        let response = client.send_request(grpc_request(&gw, "Fail", grpc_message(b"x"))).await.unwrap();
+        // A gRPC failure is an HTTP success: the gateway neither rewrites it nor counts it as an upstream error.
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "13");
+        assert_eq!(response.headers()["grpc-message"], "internal%20failure");
+        assert!(hyper::body::Body::is_end_stream(response.body()), "trailers-only: the head ends the stream");
+        let collected = response.into_body().collect().await.unwrap();
+        assert!(collected.trailers().is_none());
+        assert!(collected.to_bytes().is_empty());
+        let targets = gw.store.upstreams().targets();
+        assert!(targets.iter().all(|t| t.circuit == "closed" && !t.ejected), "{targets:?}");
+    }
+
+    #[tokio::test]
+    async fn grpc_responses_stream_frame_by_frame_before_their_trailers() {
+        let server = GrpcServer::start().await;
+        let gw = grpc_gateway(&server).await;
+        let mut client = h2_client(&gw).await;
+        let call = tokio::spawn(client.send_request(grpc_request(&gw, "Stream", grpc_message(b"start"))));
+        let frames = server.streams.lock().await.recv().await.unwrap();
+        let first = grpc_message(b"first");
+        frames.send(Frame::data(first.clone())).await.unwrap();
+        let mut body = call.await.unwrap().unwrap().into_body();
+        // The first message arrives while the upstream has not finished its answer.
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame()).await;
+        let frame = frame.expect("the first message is not held back").unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), first);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        frames.send(Frame::data(grpc_message(b"second"))).await.unwrap();
+        frames.send(Frame::trailers(trailers)).await.unwrap();
+        drop(frames);
+        let rest = body.collect().await.unwrap();
+        assert_eq!(rest.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(rest.to_bytes(), grpc_message(b"second"));
+    }
+
+    #[tokio::test]
+    async fn h2c_targets_are_health_checked_over_http2() {
+        let server = GrpcServer::start().await;
+        let gw = TestGateway::start().await;
+        let mut up = upstream("g", &[(server.url(), 1)]);
+        up.spec.health_check = turnpike_domain::model::HealthCheck {
+            enabled: true,
+            path: "/grpc.health.v1.Health/Check".into(),
+            interval_ms: 10,
+            timeout_ms: 1_000,
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+        };
+        let content = content(
+            vec![version("v1", "/rpc/v1", VersionState::Published, Some("g"), vec![route("all", "/*")])],
+            vec![up],
+        );
+        gw.publish(1, content).await;
+        // An HTTP/1.1 probe would never reach this HTTP/2-only server. Once the second
+        // probe arrives, the first one's answer (200) has been counted.
+        let mut checks = server.checks.lock().await;
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(5), checks.recv()).await.expect("a probe over HTTP/2").unwrap();
+        }
+        let targets = gw.store.upstreams().targets();
+        assert!(targets.len() == 1 && targets[0].healthy, "{targets:?}");
+        assert_eq!(gw.get("/rpc/v1/echo.Echo/Check").await.status(), 200, "an HTTP/1.1 client reaches it too");
+    }
+}
+
+// ==== validation ====
+
+/// Request validation against the version's OpenAPI document: what matches reaches
+/// the upstream unchanged, what does not is refused naming where and why.
+mod validation {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use turnpike_domain::policy::Policies;
+
+    use super::*;
+
+    /// An upstream that counts the requests reaching it and echoes what it got.
+    struct Counted {
+        url: String,
+        hits: Arc<AtomicUsize>,
+    }
+
+    impl Counted {
+        async fn start() -> Counted {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let hits = Arc::new(AtomicUsize::new(0));
+            let counter = hits.clone();
+            let app = axum::Router::new().fallback(move |req: Request| {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let (content_type, length) = {
+                        let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+                        (header("content-type"), header("content-length"))
+                    };
+                    let (path, query) = (req.uri().path().to_owned(), req.uri().query().map(str::to_owned));
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    axum::Json(json!({
+                        "path": path,
+                        "query": query,
+                        "content_type": content_type,
+                        "content_length": length,
+                        "body": String::from_utf8_lossy(&body),
+                    }))
+                }
+            });
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            Counted { url, hits }
+        }
+
+        fn hits(&self) -> usize {
+            self.hits.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A small petstore in OpenAPI 3.0, with a path-item parameter, a required header,
+    /// nested references and an operation without a request body.
+    fn petstore() -> Value {
+        json!({
+            "openapi": "3.0.3",
+            "info": {"title": "Pets", "version": "1"},
+            "paths": {
+                "/pets": {
+                    "get": {
+                        "operationId": "listPets",
+                        "parameters": [
+                            {"name": "limit", "in": "query",
+                             "schema": {"type": "integer", "format": "int32", "minimum": 1, "maximum": 100}},
+                            {"name": "tags", "in": "query", "schema": {"type": "array", "items": {"type": "string"}}},
+                            {"$ref": "#/components/parameters/Tenant"},
+                        ],
+                    },
+                    "post": {
+                        "operationId": "addPet",
+                        "requestBody": {"required": true, "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/NewPet"}},
+                            "text/plain": {"schema": {"type": "string"}},
+                        }},
+                    },
+                },
+                "/pets/{petId}": {
+                    "parameters": [{"name": "petId", "in": "path", "required": true,
+                                    "schema": {"type": "integer", "format": "int64"}}],
+                    "get": {"operationId": "getPet"},
+                    "put": {"operationId": "updatePet", "requestBody": {"$ref": "#/components/requestBodies/Pet"}},
+                },
+                "/upload": {"post": {"operationId": "upload"}},
+            },
+            "components": {
+                "parameters": {"Tenant": {"name": "x-tenant", "in": "header", "required": true,
+                                          "schema": {"type": "string", "pattern": "^t-[0-9]+$"}}},
+                "requestBodies": {"Pet": {"content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/NewPet"}}}}},
+                "schemas": {
+                    "NewPet": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "tag": {"type": "string", "nullable": true},
+                            "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}},
+                        },
+                        "additionalProperties": false,
+                    },
+                    "Item": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+                },
+            },
+        })
+    }
+
+    /// Routes as an import makes them: one per operation, named by its operationId.
+    fn routes(document: &Value) -> Vec<SnapshotRoute> {
+        let mut routes = Vec::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap().iter().filter(|(k, _)| *k != "parameters") {
+                let id = operation["operationId"].as_str().unwrap();
+                routes.push(SnapshotRoute {
+                    id: id.into(),
+                    spec: RouteSpec {
+                        name: Some(id.into()),
+                        methods: vec![method.to_ascii_uppercase()],
+                        path: path.clone(),
+                        host: None,
+                        headers: BTreeMap::new(),
+                    },
+                });
+            }
+        }
+        routes
+    }
+
+    /// A version at `base` serving `document`'s operations, validating when `validate`.
+    fn described(id: &str, base: &str, document: Value, policies: Policies) -> SnapshotVersion {
+        let mut v = version(id, base, VersionState::Published, Some("u"), routes(&document));
+        v.policies = policies;
+        v.openapi = Some(document);
+        v
+    }
+
+    fn validating() -> Policies {
+        Policies { validate_requests: true, ..Default::default() }
+    }
+
+    async fn gateway(settings: Settings, target: &Counted, versions: Vec<SnapshotVersion>) -> TestGateway {
+        let gw = TestGateway::start_with(settings).await;
+        gw.publish(1, content(versions, vec![upstream("u", &[(target.url.clone(), 1)])])).await;
+        gw
+    }
+
+    /// Asserts a 400 whose first error is `location` failing for `reason`, also named
+    /// in the detail; returns the problem.
+    async fn invalid(response: reqwest::Response, location: &str, reason: &str) -> Value {
+        let body = problem(response, 400, "invalid-request").await;
+        assert_eq!(body["errors"][0], json!({"location": location, "reason": reason}), "{body}");
+        assert!(body["detail"].as_str().unwrap().contains(&format!("{location}: {reason}")), "{body}");
+        body
+    }
+
+    fn pets(gw: &TestGateway, path: &str) -> reqwest::RequestBuilder {
+        gw.http.get(gw.url(&format!("/pets/v1{path}"))).header("x-tenant", "t-7")
+    }
+
+    fn post_json(gw: &TestGateway, path: &str, body: &str) -> reqwest::RequestBuilder {
+        gw.http
+            .post(gw.url(&format!("/pets/v1{path}")))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn requests_that_match_the_document_reach_the_upstream_unchanged() {
+        let up = Counted::start().await;
+        let gw = gateway(Settings::default(), &up, vec![described("v1", "/pets/v1", petstore(), validating())]).await;
+
+        let seen = echoed(pets(&gw, "/pets?limit=10&tags=a&tags=b%20c").send().await.unwrap()).await;
+        assert_eq!(seen["query"], "limit=10&tags=a&tags=b%20c");
+        let pet = r#"{"name": "rex", "tag": null, "items": [{"name": "ball"}]}"#;
+        let post = gw.http.post(gw.url("/pets/v1/pets")).header("content-type", "application/json; charset=utf-8");
+        let seen = echoed(post.body(pet).send().await.unwrap()).await;
+        assert_eq!(seen["body"], pet, "the buffered body is forwarded as sent");
+        assert_eq!(seen["content_length"], pet.len().to_string());
+        assert_eq!(seen["content_type"], "application/json; charset=utf-8");
+        echoed(pets(&gw, "/pets/42").send().await.unwrap()).await;
+        assert_eq!(up.hits(), 3);
+    }
+
+    #[tokio::test]
+    async fn each_failing_location_is_named_and_nothing_reaches_the_upstream() {
+        let up = Counted::start().await;
+        let gw = gateway(Settings::default(), &up, vec![described("v1", "/pets/v1", petstore(), validating())]).await;
+
+        invalid(pets(&gw, "/pets?limit=abc").send().await.unwrap(), "query.limit", "must be an integer").await;
+        invalid(pets(&gw, "/pets?limit=0").send().await.unwrap(), "query.limit", "must be at least 1").await;
+        let unnamed = gw.http.get(gw.url("/pets/v1/pets?limit=5")).send().await.unwrap();
+        invalid(unnamed, "header.x-tenant", "is required").await;
+        let wrong = gw.http.get(gw.url("/pets/v1/pets")).header("x-tenant", "acme").send().await.unwrap();
+        invalid(wrong, "header.x-tenant", "must match the pattern \"^t-[0-9]+$\"").await;
+        invalid(pets(&gw, "/pets/abc").send().await.unwrap(), "path.petId", "must be an integer").await;
+
+        let items = r#"{"name": "rex", "items": [{"name": "a"}, {"name": "b"}, {"label": "c"}]}"#;
+        invalid(post_json(&gw, "/pets", items).send().await.unwrap(), "body.items[2].name", "is required").await;
+        invalid(post_json(&gw, "/pets", r#"{"tag": "x"}"#).send().await.unwrap(), "body.name", "is required").await;
+        let extra = r#"{"name": "rex", "color": "red"}"#;
+        invalid(post_json(&gw, "/pets", extra).send().await.unwrap(), "body.color", "is not a known property").await;
+        let broken =
+            problem(post_json(&gw, "/pets", r#"{"name":"#).send().await.unwrap(), 400, "invalid-request").await;
+        assert_eq!(broken["errors"][0]["location"], "body");
+        assert!(broken["errors"][0]["reason"].as_str().unwrap().starts_with("must be JSON"), "{broken}");
+        let empty = gw.http.post(gw.url("/pets/v1/pets")).header("content-type", "application/json").send();
+        invalid(empty.await.unwrap(), "body", "is required").await;
+
+        // Every failure is listed, in order.
+        let both = gw.http.get(gw.url("/pets/v1/pets?limit=abc")).send().await.unwrap();
+        let both = invalid(both, "query.limit", "must be an integer").await;
+        assert_eq!(both["errors"][1], json!({"location": "header.x-tenant", "reason": "is required"}));
+        assert!(both["detail"].as_str().unwrap().ends_with("(and 1 more)"), "{both}");
+        assert_eq!(up.hits(), 0, "no invalid request reached the upstream");
+    }
+
+    #[tokio::test]
+    async fn content_types_are_those_the_operation_declares() {
+        let up = Counted::start().await;
+        let gw = gateway(Settings::default(), &up, vec![described("v1", "/pets/v1", petstore(), validating())]).await;
+        let post = |path: &str, content_type: Option<&str>, body: &str| {
+            let mut req = gw.http.post(gw.url(&format!("/pets/v1{path}"))).body(body.to_owned());
+            if let Some(content_type) = content_type {
+                req = req.header("content-type", content_type);
+            }
+            req.send()
+        };
+
+        let refused =
+            problem(post("/pets", Some("application/xml"), "<pet/>").await.unwrap(), 415, "unsupported-media-type");
+        let refused = refused.await;
+        assert!(refused["detail"].as_str().unwrap().contains("application/json, text/plain"), "{refused}");
+        problem(post("/pets", None, "{}").await.unwrap(), 415, "unsupported-media-type").await;
+        // Two content types could be read two ways (the upstream might take the other).
+        let twice = post_json(&gw, "/pets", "{}").header("content-type", "text/plain").send().await.unwrap();
+        problem(twice, 400, "malformed-request").await;
+        assert_eq!(up.hits(), 0);
+
+        // Declared but not JSON: passed on unchecked.
+        let seen = echoed(post("/pets", Some("text/plain"), "not json").await.unwrap()).await;
+        assert_eq!(seen["body"], "not json");
+        // Without a requestBody, any body goes.
+        echoed(post("/upload", Some("application/octet-stream"), "\u{1}\u{2}").await.unwrap()).await;
+        // An optional body may be left out.
+        echoed(gw.http.put(gw.url("/pets/v1/pets/1")).send().await.unwrap()).await;
+        assert_eq!(up.hits(), 3);
+    }
+
+    #[tokio::test]
+    async fn json_bodies_are_read_only_up_to_the_body_limit() {
+        let up = Counted::start().await;
+        let policies = Policies { max_body_bytes: Some(64), ..validating() };
+        let gw = gateway(Settings::default(), &up, vec![described("v1", "/pets/v1", petstore(), policies)]).await;
+        let large = format!(r#"{{"name": "{}"}}"#, "x".repeat(80));
+        let response = post_json(&gw, "/pets", &large).send().await.unwrap();
+        assert_eq!(response.headers()["connection"], "close", "the unread body is left on the connection");
+        problem(response, 413, "body-too-large").await;
+
+        // Without a declared length, the body is cut off once it passes the limit.
+        let (status, _, _) = raw(gw.proxy, &chunked_post(&[&large[..40], &large[40..]])).await;
+        assert_eq!(status, 413);
+
+        let small = r#"{"name": "rex"}"#;
+        let (status, _, body) = raw(gw.proxy, &chunked_post(&[&small[..5], &small[5..]])).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let seen: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(seen["body"], small, "a chunked body is forwarded whole");
+        assert_eq!(up.hits(), 1);
+    }
+
+    /// A JSON POST to /pets with a chunked body, closing the connection after.
+    fn chunked_post(chunks: &[&str]) -> String {
+        let mut request = "POST /pets/v1/pets HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+                           transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            .to_owned();
+        for chunk in chunks {
+            request.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+        }
+        request + "0\r\n\r\n"
+    }
+
+    #[tokio::test]
+    async fn a_json_body_the_client_stalls_is_refused_with_408() {
+        let up = Counted::start().await;
+        let settings = Settings { body_read_timeout: Duration::from_millis(100), ..Settings::default() };
+        let gw = gateway(settings, &up, vec![described("v1", "/pets/v1", petstore(), validating())]).await;
+        let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
+        let head = "POST /pets/v1/pets HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+                    content-length: 20\r\n\r\n{\"name\"";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.1 408"), "{answer}");
+        assert!(answer.contains("urn:turnpike:problem:body-timeout"), "{answer}");
+        assert_eq!(up.hits(), 0);
+    }
+
+    #[tokio::test]
+    async fn only_versions_asking_for_it_and_described_routes_are_validated() {
+        let up = Counted::start().await;
+        let mut open = described("v2", "/pets/v2", petstore(), Policies::default());
+        open.routes.push(route("legacy", "/legacy/*"));
+        let mut strict = described("v1", "/pets/v1", petstore(), validating());
+        strict.routes.push(route("legacy", "/legacy/*"));
+        let gw = gateway(Settings::default(), &up, vec![strict, open]).await;
+
+        echoed(gw.get("/pets/v2/pets?limit=abc").await).await;
+        echoed(gw.get("/pets/v1/legacy/pets?limit=abc").await).await;
+        invalid(gw.get("/pets/v1/pets?limit=abc").await, "query.limit", "must be an integer").await;
+        assert_eq!(up.hits(), 2);
+    }
+
+    #[tokio::test]
+    async fn openapi_31_documents_are_validated_too() {
+        let document = json!({
+            "openapi": "3.1.0",
+            "info": {"title": "Dogs", "version": "1"},
+            "paths": {"/dogs/{id}": {"put": {
+                "operationId": "putDog",
+                "parameters": [{"$ref": "#/components/parameters/Id"}],
+                "requestBody": {"required": true, "content": {"application/merge-patch+json": {"schema": {
+                    "$ref": "#/components/schemas/Dog", "required": ["kind"]}}}},
+            }}},
+            "components": {
+                "parameters": {"Id": {"name": "id", "in": "path", "required": true,
+                                      "schema": {"type": "string", "format": "uuid"}}},
+                "schemas": {"Dog": {"type": "object", "properties": {
+                    "kind": {"const": "dog"},
+                    "age": {"type": ["integer", "null"], "exclusiveMinimum": 0},
+                    "tags": {"type": "array", "uniqueItems": true, "prefixItems": [{"type": "string"}]},
+                    "walks": {"oneOf": [{"type": "string", "enum": ["daily"]}, {"type": "integer", "minimum": 1}]},
+                }}},
+            },
+        });
+        let up = Counted::start().await;
+        let gw = gateway(Settings::default(), &up, vec![described("v1", "/pets/v1", document, validating())]).await;
+        let id = "0191c4a2-8a36-7cc2-9b1e-5f2f7f6e7a10";
+        let put = |path: String, body: &str| {
+            gw.http
+                .put(gw.url(&format!("/pets/v1{path}")))
+                .header("content-type", "application/merge-patch+json")
+                .body(body.to_owned())
+                .send()
+        };
+
+        let ok = r#"{"kind": "dog", "age": null, "tags": ["a", 1], "walks": 2}"#;
+        assert_eq!(echoed(put(format!("/dogs/{id}"), ok).await.unwrap()).await["body"], ok);
+        invalid(put("/dogs/7".into(), ok).await.unwrap(), "path.id", "must be a UUID").await;
+        invalid(put(format!("/dogs/{id}"), "{}").await.unwrap(), "body.kind", "is required").await;
+        invalid(put(format!("/dogs/{id}"), r#"{"kind": "cat"}"#).await.unwrap(), "body.kind", "must be \"dog\"").await;
+        let young = r#"{"kind": "dog", "age": 0}"#;
+        invalid(put(format!("/dogs/{id}"), young).await.unwrap(), "body.age", "must be greater than 0").await;
+        let tags = r#"{"kind": "dog", "tags": [1, 1]}"#;
+        let problem = invalid(
+            put(format!("/dogs/{id}"), tags).await.unwrap(),
+            "body.tags",
+            "must not contain duplicates (items 0 and 1 are equal)",
+        )
+        .await;
+        assert_eq!(problem["errors"][1]["location"], "body.tags[0]", "{problem}");
+        let walks = r#"{"kind": "dog", "walks": "weekly"}"#;
+        invalid(put(format!("/dogs/{id}"), walks).await.unwrap(), "body.walks", "must be one of [\"daily\"]").await;
+        assert_eq!(up.hits(), 1);
+    }
+}
+
+// ==== jwt ====
+
+/// Bearer JWT authentication: fixed algorithms, keys from the policy or a JWKS
+/// served on loopback (rotation, background refresh, rate-limited refetches), claims
+/// forwarded upstream. Keys are made in the test (EC) or read from `tests/data` (RSA).
+mod jwt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use tokio::sync::watch;
+    use turnpike_bus::credentials::InProcessCredentials;
+    use turnpike_domain::credential::Credential;
+    use turnpike_domain::policy::{Cache, JwtAlgorithm, JwtPolicy, JwtSecret, KeyAuth, Policies};
+    use turnpike_domain::secrets::{KeyHasher, generate_secret};
+    use turnpike_gateway::JwksSettings;
+    use turnpike_gateway::consumer::Consumers;
+
+    use super::*;
+
+    const SECRET: &str = "a-shared-secret-of-at-least-32-bytes";
+    const RSA_A: &str = include_str!("data/jwt_rsa_a.pem");
+    const RSA_A_PUBLIC: &str = include_str!("data/jwt_rsa_a.pub.pem");
+    const RSA_B: &str = include_str!("data/jwt_rsa_b.pem");
+
+    /// A signing key and the JWK that publishes it.
+    struct SigningKey {
+        kid: String,
+        algorithm: Algorithm,
+        encoding: EncodingKey,
+        jwk: Value,
+    }
+
+    impl SigningKey {
+        fn rsa(kid: &str, pem: &str) -> SigningKey {
+            let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+            SigningKey::new(kid, Algorithm::RS256, encoding)
+        }
+
+        /// A fresh P-256 key.
+        fn ec(kid: &str) -> SigningKey {
+            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            SigningKey::new(kid, Algorithm::ES256, EncodingKey::from_ec_der(&pair.serialize_der()))
+        }
+
+        fn new(kid: &str, algorithm: Algorithm, encoding: EncodingKey) -> SigningKey {
+            let mut jwk = Jwk::from_encoding_key(&encoding, algorithm).unwrap();
+            jwk.common.key_id = Some(kid.into());
+            SigningKey { kid: kid.into(), algorithm, encoding, jwk: serde_json::to_value(jwk).unwrap() }
+        }
+
+        fn sign(&self, claims: &Value) -> String {
+            let mut header = Header::new(self.algorithm);
+            header.kid = Some(self.kid.clone());
+            jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+        }
+
+        /// Signed by this key but naming another `kid`.
+        fn sign_as(&self, kid: &str, claims: &Value) -> String {
+            let mut header = Header::new(self.algorithm);
+            header.kid = Some(kid.into());
+            jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+        }
+    }
+
+    /// Serves a JWKS at `/jwks` from a key list the test changes, with a
+    /// `Cache-Control` it chooses; counts the fetches and announces each. `/fail`
+    /// answers 500 while `failing` is set.
+    struct JwksServer {
+        addr: SocketAddr,
+        keys: Arc<std::sync::Mutex<Vec<Value>>>,
+        failing: Arc<AtomicBool>,
+        fetches: watch::Receiver<usize>,
+    }
+
+    #[derive(Clone)]
+    struct JwksState {
+        keys: Arc<std::sync::Mutex<Vec<Value>>>,
+        cache_control: &'static str,
+        failing: Arc<AtomicBool>,
+        fetches: Arc<watch::Sender<usize>>,
+    }
+
+    impl JwksServer {
+        async fn start(keys: &[&SigningKey], cache_control: &'static str) -> JwksServer {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (tx, fetches) = watch::channel(0);
+            let state = JwksState {
+                keys: Arc::new(std::sync::Mutex::new(keys.iter().map(|k| k.jwk.clone()).collect())),
+                cache_control,
+                failing: Arc::default(),
+                fetches: Arc::new(tx),
+            };
+            let (keys, failing) = (state.keys.clone(), state.failing.clone());
+            let app = axum::Router::new().fallback(serve_jwks).with_state(state);
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            JwksServer { addr, keys, failing, fetches }
+        }
+
+        fn url(&self) -> String {
+            format!("http://{}/jwks", self.addr)
+        }
+
+        fn publish(&self, keys: &[&SigningKey]) {
+            *self.keys.lock().unwrap() = keys.iter().map(|k| k.jwk.clone()).collect();
+        }
+
+        fn fetches(&self) -> usize {
+            *self.fetches.borrow()
+        }
+
+        /// Waits until the server has been fetched from `n` times in all.
+        async fn fetched(&mut self, n: usize) {
+            let wait = self.fetches.wait_for(|f| *f >= n);
+            tokio::time::timeout(Duration::from_secs(10), wait)
+                .await
+                .expect("the gateway fetched the key set")
+                .unwrap();
+        }
+    }
+
+    async fn serve_jwks(State(s): State<JwksState>) -> Response {
+        s.fetches.send_modify(|n| *n += 1);
+        if s.failing.load(Ordering::SeqCst) {
+            return (http::StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
+        }
+        let body = json!({ "keys": *s.keys.lock().unwrap() });
+        ([("cache-control", s.cache_control)], axum::Json(body)).into_response()
+    }
+
+    /// A gateway whose JWKS cache follows `jwks`.
+    async fn gateway(jwks: JwksSettings, consumers: Consumers) -> TestGateway {
+        let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let status_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = proxy_listener.local_addr().unwrap();
+        let status = status_listener.local_addr().unwrap();
+        let bus = InProcessBus::new();
+        let store = ConfigStore::with_consumers(consumers).with_jwks_settings(jwks);
+        tokio::spawn(store.clone().follow(bus.subscribe()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let proxy_task = tokio::spawn(serve_proxy(proxy_listener, store.clone(), Settings::default(), async {
+            let _ = stopped.await;
+        }));
+        tokio::spawn(serve_status(status_listener, store.clone(), std::future::pending()));
+        TestGateway { proxy, status, bus, store, stop: Some(stop), proxy_task, http: reqwest::Client::new() }
+    }
+
+    /// Settings for tests: no lower bound on lifetimes, quick retries.
+    fn quick(refetch_interval: Duration) -> JwksSettings {
+        JwksSettings {
+            min_ttl: Duration::ZERO,
+            unknown_kid_refetch_interval: refetch_interval,
+            max_retry_interval: Duration::from_millis(100),
+            ..JwksSettings::default()
+        }
+    }
+
+    /// `/pets/v1` to `echo`, guarded by `jwt` (and `extra` policies).
+    fn guarded(echo: &EchoServer, jwt: JwtPolicy, extra: Policies) -> SnapshotContent {
+        let mut c = simple(echo);
+        c.versions[0].policies = Policies { jwt: Some(jwt), ..extra };
+        c
+    }
+
+    fn now() -> i64 {
+        Utc::now().timestamp()
+    }
+
+    fn claims(extra: Value) -> Value {
+        let mut c = json!({"sub": "alice", "exp": now() + 600});
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        c
+    }
+
+    fn hs256(claims: &Value) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(SECRET.as_bytes()))
+            .unwrap()
+    }
+
+    fn b64(v: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    /// A token with any header, HMAC-SHA256-signed under `secret`.
+    fn forged(header: &Value, claims: &Value, secret: &[u8]) -> String {
+        let message = format!("{}.{}", b64(header), b64(claims));
+        let key = EncodingKey::from_secret(secret);
+        format!("{message}.{}", jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap())
+    }
+
+    async fn call(gw: &TestGateway, token: &str) -> reqwest::Response {
+        gw.http.get(gw.url("/pets/v1/x")).bearer_auth(token).send().await.unwrap()
+    }
+
+    /// Asserts a 401 for a bad token and its challenge.
+    async fn refused(response: reqwest::Response) {
+        let challenge = response.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert_eq!(challenge, r#"Bearer error="invalid_token""#);
+        problem(response, 401, "invalid-token").await;
+    }
+
+    /// Sends `token` until it is answered `status` (the key set refreshes in the
+    /// background), at most 10 s.
+    async fn until_answered(gw: &TestGateway, token: &str, status: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if call(gw, token).await.status().as_u16() == status {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never answered {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_required_checked_and_their_claims_forwarded() {
+        let echo = EchoServer::start("a").await;
+        let gw = gateway(JwksSettings::default(), Consumers::default()).await;
+        let policy = JwtPolicy {
+            secret: Some(JwtSecret::new(SECRET)),
+            claims_to_headers: [("sub", "x-consumer-subject"), ("email", "x-user-email"), ("roles", "x-user-roles")]
+                .into_iter()
+                .map(|(c, h)| (c.to_owned(), h.to_owned()))
+                .collect(),
+            ..JwtPolicy::new(JwtAlgorithm::HS256)
+        };
+        gw.publish(1, guarded(&echo, policy, Policies::default())).await;
+
+        let missing = gw.get("/pets/v1/x").await;
+        assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+        problem(missing, 401, "missing-token").await;
+        let basic = gw.http.get(gw.url("/pets/v1/x")).basic_auth("u", Some("p")).send().await.unwrap();
+        problem(basic, 401, "missing-token").await;
+        refused(call(&gw, "not-a-jwt").await).await;
+
+        let token = hs256(&claims(json!({"roles": ["admin", "ops"]})));
+        let response = gw
+            .http
+            .get(gw.url("/pets/v1/x"))
+            .bearer_auth(&token)
+            .header("x-consumer-subject", "mallory")
+            .header("x-user-email", "mallory@evil.test")
+            .send()
+            .await
+            .unwrap();
+        let seen = echoed(response).await;
+        assert_eq!(seen["headers"]["x-consumer-subject"], "alice", "the claim, not the client's copy");
+        assert_eq!(seen["headers"]["x-user-roles"], "admin, ops");
+        assert!(seen["headers"].get("x-user-email").is_none(), "no claim, and the client's copy is gone");
+        assert_eq!(seen["headers"]["authorization"], format!("Bearer {token}"), "kept unless hide_credentials");
+
+        let body = problem(call(&gw, &hs256(&claims(json!({"exp": now() - 3600})))).await, 401, "invalid-token").await;
+        assert_eq!(body["detail"], "the bearer token is not valid", "no reason given to the client");
+    }
+
+    #[tokio::test]
+    async fn forged_and_out_of_policy_tokens_are_refused() {
+        let echo = EchoServer::start("a").await;
+        // An attacker's key server: tokens may point at it, the gateway never calls it.
+        let attacker_key = SigningKey::rsa("evil", RSA_B);
+        let attacker = JwksServer::start(&[&attacker_key], "max-age=60").await;
+        let gw = gateway(JwksSettings::default(), Consumers::default()).await;
+        let policy = JwtPolicy {
+            public_key_pem: Some(RSA_A_PUBLIC.into()),
+            issuer: Some("https://idp.test".into()),
+            audiences: vec!["pets".into()],
+            ..JwtPolicy::new(JwtAlgorithm::RS256)
+        };
+        gw.publish(1, guarded(&echo, policy, Policies::default())).await;
+        let key_a = SigningKey::rsa("a", RSA_A);
+        let good = json!({"iss": "https://idp.test", "aud": "pets"});
+        let with = |extra: Value| {
+            let mut c = claims(good.clone());
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            c
+        };
+        echoed(call(&gw, &key_a.sign(&with(json!({})))).await).await;
+
+        let c = with(json!({}));
+        let mut forgeries = vec![
+            ("alg none", format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&c))),
+            ("alg none, signed", format!("{}.{}.c2ln", b64(&json!({"alg": "none"})), b64(&c))),
+            ("HS256 keyed with the public key", forged(&json!({"alg": "HS256"}), &c, RSA_A_PUBLIC.as_bytes())),
+            ("alg differs from the configured one", forged(&json!({"alg": "RS512"}), &c, b"x")),
+            ("signed by another key", attacker_key.sign(&c)),
+        ];
+        for header in [
+            json!({"alg": "RS256", "kid": "evil", "jku": attacker.url()}),
+            json!({"alg": "RS256", "kid": "evil", "x5u": attacker.url()}),
+        ] {
+            let message = format!("{}.{}", b64(&header), b64(&c));
+            let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &attacker_key.encoding, Algorithm::RS256);
+            forgeries.push(("key url in the token", format!("{message}.{}", signature.unwrap())));
+        }
+        let (head, _) = key_a.sign(&c).rsplit_once('.').map(|(h, s)| (h.to_owned(), s.to_owned())).unwrap();
+        forgeries.push(("bad signature", format!("{head}.{}", URL_SAFE_NO_PAD.encode([7u8; 256]))));
+        forgeries.push(("expired", key_a.sign(&with(json!({"exp": now() - 3600})))));
+        forgeries.push(("not yet valid", key_a.sign(&with(json!({"nbf": now() + 3600})))));
+        forgeries.push(("wrong issuer", key_a.sign(&with(json!({"iss": "https://evil.test"})))));
+        forgeries.push(("wrong audience", key_a.sign(&with(json!({"aud": ["other"]})))));
+        forgeries.push(("no audience", key_a.sign(&claims(json!({"iss": "https://idp.test"})))));
+        for (what, token) in forgeries {
+            let response = call(&gw, &token).await;
+            assert_eq!(response.status(), 401, "{what}");
+            refused(response).await;
+        }
+        assert_eq!(attacker.fetches(), 0, "keys are never fetched from token-supplied urls");
+    }
+
+    #[tokio::test]
+    async fn a_custom_header_works_and_hide_credentials_removes_it() {
+        let echo = EchoServer::start("a").await;
+        let gw = gateway(JwksSettings::default(), Consumers::default()).await;
+        let policy = JwtPolicy {
+            secret: Some(JwtSecret::new(SECRET)),
+            header: "x-id-token".into(),
+            hide_credentials: true,
+            ..JwtPolicy::new(JwtAlgorithm::HS256)
+        };
+        gw.publish(1, guarded(&echo, policy, Policies::default())).await;
+        let token = hs256(&claims(json!({})));
+        problem(call(&gw, &token).await, 401, "missing-token").await;
+        let response = gw.http.get(gw.url("/pets/v1/x")).header("x-id-token", &token).send().await.unwrap();
+        let seen = echoed(response).await;
+        assert!(seen["headers"].get("x-id-token").is_none(), "the token was hidden from the upstream");
+    }
+
+    #[tokio::test]
+    async fn with_key_auth_too_both_credentials_are_required() {
+        let echo = EchoServer::start("a").await;
+        let hasher = KeyHasher::new(&generate_secret()).unwrap();
+        let credentials = Arc::new(InProcessCredentials::new());
+        let credential = Credential {
+            key_id: "key-1".into(),
+            application_id: "app-1".into(),
+            developer_id: "dev-1".into(),
+            expires_at: None,
+            subscriptions: [("v1".to_owned(), "plan-1".to_owned())].into(),
+        };
+        credentials.replace_all([(hasher.hash("tpk_key"), credential)]);
+        let consumers = Consumers { credentials, hasher: Some(hasher), ..Consumers::default() };
+        let gw = gateway(JwksSettings::default(), consumers).await;
+        let policy = JwtPolicy {
+            secret: Some(JwtSecret::new(SECRET)),
+            claims_to_headers: [("sub".to_owned(), "x-consumer-subject".to_owned())].into(),
+            ..JwtPolicy::new(JwtAlgorithm::HS256)
+        };
+        gw.publish(1, guarded(&echo, policy, Policies { key_auth: Some(KeyAuth::default()), ..Default::default() }))
+            .await;
+        let token = hs256(&claims(json!({})));
+        let send = |key: Option<&str>, token: Option<&str>| {
+            let mut request = gw.http.get(gw.url("/pets/v1/x"));
+            if let Some(key) = key {
+                request = request.header("x-api-key", key);
+            }
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request.send()
+        };
+        problem(send(Some("tpk_key"), None).await.unwrap(), 401, "missing-token").await;
+        problem(send(None, Some(&token)).await.unwrap(), 401, "missing-api-key").await;
+        refused(send(Some("tpk_key"), Some(&hs256(&claims(json!({"exp": 1}))))).await.unwrap()).await;
+        let seen = echoed(send(Some("tpk_key"), Some(&token)).await.unwrap()).await;
+        assert_eq!(seen["headers"]["x-consumer-application-id"], "app-1");
+        assert_eq!(seen["headers"]["x-consumer-subject"], "alice", "the key's strip does not remove claim headers");
+    }
+
+    #[tokio::test]
+    async fn one_token_holders_answer_is_never_served_to_another_from_the_cache() {
+        let echo = EchoServer::start("a").await;
+        let gw = gateway(JwksSettings::default(), Consumers::default()).await;
+        let policy = JwtPolicy {
+            secret: Some(JwtSecret::new(SECRET)),
+            hide_credentials: true,
+            claims_to_headers: [("sub".to_owned(), "x-consumer-subject".to_owned())].into(),
+            ..JwtPolicy::new(JwtAlgorithm::HS256)
+        };
+        let cache = Policies { cache: Some(Cache { ttl_seconds: 60, max_body_bytes: 10_000 }), ..Default::default() };
+        gw.publish(1, guarded(&echo, policy, cache)).await;
+        for who in ["alice", "bob"] {
+            let seen = echoed(call(&gw, &hs256(&claims(json!({"sub": who})))).await).await;
+            assert_eq!(seen["headers"]["x-consumer-subject"], who);
+        }
+    }
+
+    #[tokio::test]
+    async fn jwks_rotation_is_picked_up_by_refetching_on_an_unknown_kid() {
+        let echo = EchoServer::start("a").await;
+        let (a, b) = (SigningKey::rsa("a", RSA_A), SigningKey::rsa("b", RSA_B));
+        // A long max-age: only unknown kids make the gateway look again.
+        let mut idp = JwksServer::start(&[&a], "public, max-age=3600").await;
+        let gw = gateway(quick(Duration::ZERO), Consumers::default()).await;
+        let policy = JwtPolicy { jwks_url: Some(idp.url()), ..JwtPolicy::new(JwtAlgorithm::RS256) };
+        gw.publish(1, guarded(&echo, policy, Policies::default())).await;
+
+        // The first request waits for the first fetch, started when the snapshot was compiled.
+        echoed(call(&gw, &a.sign(&claims(json!({})))).await).await;
+        assert_eq!(idp.fetches(), 1);
+        // B is not published yet: refused, and the set is fetched again (still only A).
+        refused(call(&gw, &b.sign(&claims(json!({})))).await).await;
+        idp.fetched(2).await;
+        // B is published: after the refetch its tokens work, and A's still do.
+        idp.publish(&[&a, &b]);
+        until_answered(&gw, &b.sign(&claims(json!({}))), 200).await;
+        echoed(call(&gw, &a.sign(&claims(json!({})))).await).await;
+        // A is withdrawn: once the set is refreshed (any unknown kid asks), A fails.
+        idp.publish(&[&b]);
+        refused(call(&gw, &a.sign_as("c", &claims(json!({})))).await).await;
+        until_answered(&gw, &a.sign(&claims(json!({}))), 401).await;
+        refused(call(&gw, &a.sign(&claims(json!({})))).await).await;
+        echoed(call(&gw, &b.sign(&claims(json!({})))).await).await;
+    }
+
+    #[tokio::test]
+    async fn jwks_key_sets_are_refreshed_in_the_background_per_max_age() {
+        let echo = EchoServer::start("a").await;
+        let (a, b) = (SigningKey::ec("a"), SigningKey::ec("b"));
+        let mut idp = JwksServer::start(&[&a], "max-age=1").await;
+        // Unknown kids never refetch here: only the lifetime does.
+        let gw = gateway(quick(Duration::from_secs(3600)), Consumers::default()).await;
+        let policy = JwtPolicy { jwks_url: Some(idp.url()), ..JwtPolicy::new(JwtAlgorithm::ES256) };
+        gw.publish(1, guarded(&echo, policy, Policies::default())).await;
+        echoed(call(&gw, &a.sign(&claims(json!({})))).await).await;
+        idp.publish(&[&b]);
+        idp.fetched(2).await;
+        until_answered(&gw, &b.sign(&claims(json!({}))), 200).await;
+        refused(call(&gw, &a.sign(&claims(json!({})))).await).await;
+    }
+
+    #[tokio::test]
+    async fn unknown_kids_refetch_at_most_once_per_interval_and_a_config_swap_does_not_refetch() {
+        let echo = EchoServer::start("a").await;
+        let a = SigningKey::rsa("a", RSA_A);
+        let idp = JwksServer::start(&[&a], "max-age=3600").await;
+        let gw = gateway(quick(Duration::from_secs(3600)), Consumers::default()).await;
+        let policy = JwtPolicy { jwks_url: Some(idp.url()), ..JwtPolicy::new(JwtAlgorithm::RS256) };
+        gw.publish(1, guarded(&echo, policy.clone(), Policies::default())).await;
+        echoed(call(&gw, &a.sign(&claims(json!({})))).await).await;
+        for i in 0..20 {
+            refused(call(&gw, &a.sign_as(&format!("made-up-{i}"), &claims(json!({})))).await).await;
+        }
+        // Keys are never fetched from a URL the token names.
+        let attacker = JwksServer::start(&[&a], "max-age=60").await;
+        for header in [
+            json!({"alg": "RS256", "kid": "x", "jku": attacker.url()}),
+            json!({"alg": "RS256", "kid": "x", "x5u": attacker.url()}),
+        ] {
+            let message = format!("{}.{}", b64(&header), b64(&claims(json!({}))));
+            let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &a.encoding, Algorithm::RS256).unwrap();
+            refused(call(&gw, &format!("{message}.{signature}")).await).await;
+        }
+        assert_eq!(attacker.fetches(), 0);
+        // A new snapshot naming the same URL shares the fetched keys.
+        gw.publish(2, guarded(&echo, policy, Policies::default())).await;
+        echoed(call(&gw, &a.sign(&claims(json!({})))).await).await;
+        assert_eq!(idp.fetches(), 1, "made-up kids and the swap caused no fetch");
+    }
+
+    #[tokio::test]
+    async fn until_the_first_fetch_succeeds_requests_get_503() {
+        let echo = EchoServer::start("a").await;
+        let a = SigningKey::ec("a");
+        let mut idp = JwksServer::start(&[&a], "max-age=3600").await;
+        idp.failing.store(true, Ordering::SeqCst);
+        let gw = gateway(quick(Duration::from_secs(3600)), Consumers::default()).await;
+        let policy = JwtPolicy { jwks_url: Some(idp.url()), ..JwtPolicy::new(JwtAlgorithm::ES256) };
+        gw.publish(1, guarded(&echo, policy, Policies::default())).await;
+        let token = a.sign(&claims(json!({})));
+        problem(call(&gw, &token).await, 503, "jwt-keys-unavailable").await;
+        idp.fetched(1).await;
+        idp.failing.store(false, Ordering::SeqCst);
+        until_answered(&gw, &token, 200).await;
+        assert!(idp.fetches() >= 2, "retried after the failure");
     }
 }

@@ -9,12 +9,17 @@ pub use sea_orm_migration::MigratorTrait;
 
 mod m20261127_000001_init;
 mod m20261127_000002_policies_certificates;
+mod m20261127_000003_api_versioning;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261127_000001_init::Migration), Box::new(m20261127_000002_policies_certificates::Migration)]
+        vec![
+            Box::new(m20261127_000001_init::Migration),
+            Box::new(m20261127_000002_policies_certificates::Migration),
+            Box::new(m20261127_000003_api_versioning::Migration),
+        ]
     }
 }

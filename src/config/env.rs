@@ -92,6 +92,21 @@ pub(super) const OPTIONS: &[EnvOption] = &[
         set: |c, v| parse_at_least_one(v).map(|n| c.gateway.max_body_bytes = std::num::NonZeroU64::new(n)),
     },
     EnvOption {
+        key: "gateway.body_read_timeout_secs",
+        vars: &["TURNPIKE_GATEWAY_BODY_READ_TIMEOUT_SECS"],
+        set: |c, v| parse_at_least_one(v).map(|n| c.gateway.body_read_timeout_secs = n),
+    },
+    EnvOption {
+        key: "gateway.send_timeout_secs",
+        vars: &["TURNPIKE_GATEWAY_SEND_TIMEOUT_SECS"],
+        set: |c, v| parse_at_least_one(v).map(|n| c.gateway.send_timeout_secs = n),
+    },
+    EnvOption {
+        key: "gateway.snapshot_file",
+        vars: &["TURNPIKE_GATEWAY_SNAPSHOT_FILE"],
+        set: |c, v| path(v).map(|file| c.gateway.snapshot_file = Some(file)),
+    },
+    EnvOption {
         key: "admin.listen",
         vars: &["TURNPIKE_ADMIN_LISTEN"],
         set: |c, v| parse_socket_addr(v).map(|addr| c.admin.listen = addr),

@@ -7,7 +7,7 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 use turnpike_domain::lifecycle;
-use turnpike_domain::model::VersionState;
+use turnpike_domain::model::{VersionState, Versioning};
 use turnpike_domain::validate::{self, ValidationError};
 
 use crate::entities::{api_versions, apis};
@@ -28,6 +28,9 @@ pub struct ApiInput {
     pub tags: Vec<String>,
     #[serde(default)]
     pub owner: Option<String>,
+    /// How clients choose a version besides each version's own base path.
+    #[serde(default)]
+    pub versioning: Versioning,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +47,7 @@ pub(crate) fn record(m: apis::Model) -> Result<ApiRecord, StoreError> {
     Ok(ApiRecord {
         input: ApiInput {
             tags: from_text("apis.tags", &m.tags)?,
+            versioning: from_text("apis.versioning", &m.versioning)?,
             name: m.name,
             slug: m.slug,
             description: m.description,
@@ -66,7 +70,51 @@ fn check(input: &ApiInput) -> Result<(), StoreError> {
     if let Some(owner) = &input.owner {
         errors.extend(validate::name("owner", owner).err());
     }
+    if let Err(mut e) = validate::versioning(&input.versioning) {
+        errors.append(&mut e);
+    }
     if errors.is_empty() { Ok(()) } else { Err(StoreError::Invalid(errors)) }
+}
+
+/// Refuses a selector base path that a version, or another API's selector, already uses:
+/// the gateway could not tell which one a request means.
+async fn check_selector(db: &impl ConnectionTrait, input: &ApiInput, api_id: Option<&str>) -> Result<(), StoreError> {
+    let Some(selector) = input.versioning.selector() else { return Ok(()) };
+    let base_path = &selector.base_path;
+    let version = api_versions::Entity::find().filter(api_versions::Column::BasePath.eq(base_path)).one(db).await?;
+    if let Some(version) = version {
+        return Err(StoreError::Conflict(format!(
+            "versioning base path '{base_path}' is already the base path of version '{}'",
+            version.label
+        )));
+    }
+    if let Some(slug) = selector_owner(db, base_path, api_id).await? {
+        return Err(StoreError::Conflict(format!(
+            "versioning base path '{base_path}' is already used by API '{slug}'"
+        )));
+    }
+    Ok(())
+}
+
+/// The slug of the API (other than `except`) that selects versions under `base_path`.
+pub(crate) async fn selector_owner(
+    db: &impl ConnectionTrait,
+    base_path: &str,
+    except: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    // Few APIs select versions by header or query, and the catalogue is small, so
+    // the JSON column is read rather than indexed.
+    let rows = apis::Entity::find().filter(apis::Column::Versioning.ne(r#"{"mode":"path"}"#)).all(db).await?;
+    for row in rows {
+        if Some(row.id.as_str()) == except {
+            continue;
+        }
+        let versioning: Versioning = from_text("apis.versioning", &row.versioning)?;
+        if versioning.selector().is_some_and(|s| s.base_path == base_path) {
+            return Ok(Some(row.slug));
+        }
+    }
+    Ok(None)
 }
 
 /// Finds an API by id or slug.
@@ -94,6 +142,7 @@ pub async fn create(change: &Change<'_>, input: ApiInput) -> Result<ApiRecord, S
     if taken > 0 {
         return Err(StoreError::Conflict(format!("an API with slug '{}' already exists", input.slug)));
     }
+    check_selector(change.txn(), &input, None).await?;
     let now = Utc::now();
     let model = apis::ActiveModel {
         id: Set(new_id()),
@@ -102,6 +151,7 @@ pub async fn create(change: &Change<'_>, input: ApiInput) -> Result<ApiRecord, S
         description: Set(input.description.clone()),
         tags: Set(to_text(&input.tags)),
         owner: Set(input.owner.clone()),
+        versioning: Set(to_text(&input.versioning)),
         created_at: Set(now),
         updated_at: Set(now),
     }
@@ -118,11 +168,13 @@ pub async fn replace(change: &Change<'_>, id_or_slug: &str, input: ApiInput) -> 
     if model.slug != input.slug {
         return Err(StoreError::invalid("slug", "cannot be changed once the API exists"));
     }
+    check_selector(change.txn(), &input, Some(&model.id)).await?;
     let mut active: apis::ActiveModel = model.into();
     active.name = Set(input.name.clone());
     active.description = Set(input.description.clone());
     active.tags = Set(to_text(&input.tags));
     active.owner = Set(input.owner.clone());
+    active.versioning = Set(to_text(&input.versioning));
     active.updated_at = Set(Utc::now());
     let model = active.update(change.txn()).await?;
     change.audit("api.update", "api", &model.id, serde_json::to_value(&input).unwrap_or_default()).await?;

@@ -22,6 +22,31 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
+/// Fields whose values are secrets: they never reach the audit log, whatever the
+/// change carried (a JWT policy's HMAC secret, a certificate's private key…).
+const SECRET_FIELDS: [&str; 6] = ["secret", "key_pem", "password", "token", "key", "private_key"];
+
+/// Replaces the value of every secret field, at any depth, with `"<redacted>"`.
+pub fn redact(mut detail: serde_json::Value) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    if SECRET_FIELDS.contains(&k.as_str()) && !v.is_null() {
+                        *v = serde_json::Value::from("<redacted>");
+                    } else {
+                        walk(v);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut detail);
+    detail
+}
+
 pub async fn record(
     db: &impl ConnectionTrait,
     actor: &str,
@@ -61,4 +86,22 @@ pub async fn list(db: &impl ConnectionTrait, params: PageParams) -> Result<Page<
         })
         .collect();
     Ok(Page::new(items, params, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::redact;
+
+    #[test]
+    fn secrets_are_redacted_at_any_depth() {
+        let detail = json!({"policies": {"jwt": {"secret": "s3cr3t-s3cr3t", "issuer": "me"}}, "items": [{"key_pem": "PEM"}], "key": null});
+        let redacted = redact(detail);
+        assert_eq!(redacted["policies"]["jwt"]["secret"], "<redacted>");
+        assert_eq!(redacted["policies"]["jwt"]["issuer"], "me");
+        assert_eq!(redacted["items"][0]["key_pem"], "<redacted>");
+        assert!(redacted["key"].is_null());
+        assert!(!redacted.to_string().contains("s3cr3t"));
+    }
 }

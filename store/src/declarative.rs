@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 use serde::{Deserialize, Serialize};
 use turnpike_domain::lifecycle;
-use turnpike_domain::model::{RouteSpec, UpstreamSpec, VersionState};
+use turnpike_domain::model::{RouteSpec, UpstreamSpec, VersionState, Versioning};
 use turnpike_domain::openapi;
 use turnpike_domain::policy::{self, Policies};
 use turnpike_domain::validate::{self, ValidationError, Validator};
@@ -46,6 +46,9 @@ pub struct ApiDocument {
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Version selection by header or query parameter; absent means by path only.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub versioning: Versioning,
     #[serde(default)]
     pub versions: Vec<VersionDocument>,
 }
@@ -85,6 +88,7 @@ impl ApiDocument {
             description: self.description.clone(),
             tags: self.tags.clone(),
             owner: self.owner.clone(),
+            versioning: self.versioning.clone(),
         }
     }
 }
@@ -150,6 +154,7 @@ pub async fn export(db: &impl ConnectionTrait) -> Result<Document, StoreError> {
             description: api.description,
             tags: api.tags,
             owner: api.owner,
+            versioning: api.versioning,
             versions,
         });
     }
@@ -263,6 +268,7 @@ fn check_document(doc: &Document, stored_upstreams: &BTreeSet<String>) -> Result
         v.check_all(one(&at, validate::slug("slug", &api.slug)));
         v.check_all(one(&at, validate::name("name", &api.name)));
         v.check_all(one(&at, validate::tags("tags", &api.tags)));
+        v.check_all(prefixed(&at, validate::versioning(&api.versioning)));
         duplicates(
             &mut v,
             "version",
@@ -325,6 +331,10 @@ fn check_document(doc: &Document, stored_upstreams: &BTreeSet<String>) -> Result
                 v.check(Err(ValidationError::new(format!("{at}.openapi"), e.to_string())));
             }
         }
+        // After the API's versions, so that a clash with one of them is reported here.
+        if let Some(selector) = api.versioning.selector() {
+            base_paths.push((format!("{at}.versioning.base_path"), selector.base_path.as_str()));
+        }
     }
     duplicates(&mut v, "base path", base_paths.into_iter());
     v.finish().map_err(StoreError::Invalid)
@@ -380,7 +390,22 @@ pub async fn plan(db: &impl ConnectionTrait, doc: &Document) -> Result<Plan, Sto
         .iter()
         .flat_map(|a| a.versions.iter().map(move |v| (v.base_path.as_str(), (a.slug.as_str(), v.label.as_str()))))
         .collect();
+    // Base paths where other APIs in the store select versions by header or query.
+    let stored_selectors: HashMap<&str, &str> = current
+        .apis
+        .iter()
+        .filter_map(|a| a.versioning.selector().map(|s| (s.base_path.as_str(), a.slug.as_str())))
+        .collect();
     for (i, api) in doc.apis.iter().enumerate() {
+        if let Some(selector) = api.versioning.selector()
+            && let Some((slug, label)) = stored_paths.get(selector.base_path.as_str())
+            && *slug != api.slug
+        {
+            errors.push(ValidationError::new(
+                format!("apis[{i}].versioning.base_path"),
+                format!("'{}' is used by version {slug}/{label}", selector.base_path),
+            ));
+        }
         let old = old_apis.get(api.slug.as_str());
         note(match old {
             None => Some(Step::CreateApi(api.input())),
@@ -397,6 +422,14 @@ pub async fn plan(db: &impl ConnectionTrait, doc: &Document) -> Result<Plan, Sto
                 errors.push(ValidationError::new(
                     format!("{at}.base_path"),
                     format!("'{}' is used by version {slug}/{label}", ver.base_path),
+                ));
+            }
+            if let Some(slug) = stored_selectors.get(ver.base_path.as_str())
+                && *slug != api.slug
+            {
+                errors.push(ValidationError::new(
+                    format!("{at}.base_path"),
+                    format!("'{}' is where API '{slug}' selects its versions", ver.base_path),
                 ));
             }
             let desired = VersionDocument {

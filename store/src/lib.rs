@@ -99,7 +99,7 @@ impl Change<'_> {
         resource_id: &str,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
-        audit::record(&self.txn, &self.actor.0, action, resource_type, resource_id, detail).await
+        audit::record(&self.txn, &self.actor.0, action, resource_type, resource_id, audit::redact(detail)).await
     }
 
     /// Compiles the gateway's view; if it differs from the last snapshot a new

@@ -5,9 +5,13 @@ use std::collections::HashMap;
 
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use serde_json::Value;
 use turnpike_domain::model::VersionState;
+use turnpike_domain::model::Versioning;
+use turnpike_domain::policy::Policies;
 use turnpike_domain::snapshot::{
-    Snapshot, SnapshotCertificate, SnapshotContent, SnapshotPlan, SnapshotRoute, SnapshotUpstream, SnapshotVersion,
+    Snapshot, SnapshotCertificate, SnapshotContent, SnapshotPlan, SnapshotRoute, SnapshotSelector, SnapshotUpstream,
+    SnapshotVersion,
 };
 
 use crate::StoreError;
@@ -15,15 +19,22 @@ use crate::entities::{api_versions, apis, certificates, plans, routes, snapshots
 use crate::json::{from_text, to_text};
 use crate::versions::state_of;
 
-/// Reads everything the gateway needs: non-draft versions with their routes, and
-/// the upstreams they use.
+/// Reads everything the gateway needs: non-draft versions with their routes, the
+/// upstreams they use, and the version selectors of APIs that have one.
 pub async fn compile_content(db: &impl ConnectionTrait) -> Result<SnapshotContent, StoreError> {
     let versions = api_versions::Entity::find()
         .filter(api_versions::Column::State.ne(VersionState::Draft.as_str()))
         .all(db)
         .await?;
-    let slugs: HashMap<String, String> =
-        apis::Entity::find().all(db).await?.into_iter().map(|a| (a.id, a.slug)).collect();
+    let api_rows = apis::Entity::find().all(db).await?;
+    let mut selectors = Vec::new();
+    for a in &api_rows {
+        let versioning: Versioning = from_text("apis.versioning", &a.versioning)?;
+        if versioning.selector().is_some() {
+            selectors.push(SnapshotSelector { api_id: a.id.clone(), api_slug: a.slug.clone(), versioning });
+        }
+    }
+    let slugs: HashMap<String, String> = api_rows.into_iter().map(|a| (a.id, a.slug)).collect();
     let mut routes_by_version: HashMap<String, Vec<SnapshotRoute>> = HashMap::new();
     let version_ids: Vec<String> = versions.iter().map(|v| v.id.clone()).collect();
     for r in routes::Entity::find().filter(routes::Column::VersionId.is_in(version_ids)).all(db).await? {
@@ -45,19 +56,23 @@ pub async fn compile_content(db: &impl ConnectionTrait) -> Result<SnapshotConten
         .collect::<Result<Vec<_>, StoreError>>()?;
     let versions = versions
         .into_iter()
-        .map(|v| SnapshotVersion {
-            policies: crate::versions::policies_of(&v),
-            state: state_of(&v),
-            api_slug: slugs.get(&v.api_id).cloned().unwrap_or_default(),
-            successor_base_path: v.successor_id.as_ref().and_then(|id| live_base_paths.get(id).cloned()),
-            routes: routes_by_version.remove(&v.id).unwrap_or_default(),
-            id: v.id,
-            api_id: v.api_id,
-            label: v.label,
-            base_path: v.base_path,
-            upstream_id: v.upstream_id,
-            sunset_at: v.sunset_at,
-            deprecated_at: v.deprecated_at,
+        .map(|v| {
+            let policies = crate::versions::policies_of(&v);
+            SnapshotVersion {
+                openapi: validation_document(&v, &policies),
+                policies,
+                state: state_of(&v),
+                api_slug: slugs.get(&v.api_id).cloned().unwrap_or_default(),
+                successor_base_path: v.successor_id.as_ref().and_then(|id| live_base_paths.get(id).cloned()),
+                routes: routes_by_version.remove(&v.id).unwrap_or_default(),
+                id: v.id,
+                api_id: v.api_id,
+                label: v.label,
+                base_path: v.base_path,
+                upstream_id: v.upstream_id,
+                sunset_at: v.sunset_at,
+                deprecated_at: v.deprecated_at,
+            }
         })
         .collect();
     let plans = plans::Entity::find()
@@ -87,9 +102,46 @@ pub async fn compile_content(db: &impl ConnectionTrait) -> Result<SnapshotConten
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    let mut content = SnapshotContent { versions, upstreams, plans, certificates };
+    let mut content = SnapshotContent { versions, upstreams, plans, certificates, selectors };
     content.canonicalize();
     Ok(content)
+}
+
+/// How deeply a document carried in a snapshot may nest: the snapshot wraps it in a
+/// few levels of its own and must stay within `serde_json`'s limit of 128 to be read back.
+const MAX_DOCUMENT_DEPTH: usize = 100;
+
+/// The stored OpenAPI document of a version whose policies validate requests
+/// against it; `None` for every other version, so that snapshots stay small. A
+/// document that cannot travel in a snapshot is left out with a warning, and the
+/// gateway then does not validate that version.
+fn validation_document(v: &api_versions::Model, policies: &Policies) -> Option<Value> {
+    if !policies.validate_requests {
+        return None;
+    }
+    let Some(text) = v.openapi_document.as_deref() else {
+        tracing::warn!(version = %v.id, "requests are to be validated but the version has no OpenAPI document");
+        return None;
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(document) if depth(&document) <= MAX_DOCUMENT_DEPTH => Some(document),
+        Ok(_) => {
+            tracing::warn!(version = %v.id, "the OpenAPI document nests too deeply to validate requests against it");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(version = %v.id, error = %e, "the stored OpenAPI document does not parse");
+            None
+        }
+    }
+}
+
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// The newest stored snapshot.

@@ -195,6 +195,11 @@ async fn resolve(
     if clash(api_versions::Column::BasePath, base_path.clone()).count(db).await? > 0 {
         return Err(StoreError::Conflict(format!("base path '{base_path}' is already used by another version")));
     }
+    if let Some(slug) = crate::apis::selector_owner(db, &base_path, None).await? {
+        return Err(StoreError::Conflict(format!(
+            "base path '{base_path}' is where API '{slug}' selects its versions by header or query"
+        )));
+    }
     let label_taken = clash(api_versions::Column::Label, input.label.clone())
         .filter(api_versions::Column::ApiId.eq(api.id.clone()))
         .count(db)

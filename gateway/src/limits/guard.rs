@@ -17,6 +17,11 @@
 //! `idle_timeout`: HTTP/1 ones by ending the read side, HTTP/2 ones through
 //! [`ConnState::idle_expired`] so the server can send GOAWAY. Upgraded connections
 //! (WebSocket) have no idle timeout here.
+//!
+//! On the write side, a write or flush the client leaves blocked (it does not read
+//! what was sent) for longer than `send_timeout` fails, which ends the connection
+//! and drops the response, and with it the upstream's: a client that stops reading
+//! holds neither the connection nor an upstream's.
 
 use std::future::Future;
 use std::io;
@@ -67,6 +72,9 @@ pub struct Guard<IO> {
     idle_since: Option<Instant>,
     timer: Option<(Instant, Pin<Box<Sleep>>)>,
     eof: bool,
+    send_timeout: Duration,
+    /// Runs while a write or flush is blocked on the client.
+    write_timer: Option<Pin<Box<Sleep>>>,
 }
 
 #[derive(Debug)]
@@ -119,7 +127,27 @@ impl<IO> Guard<IO> {
             idle_since: None,
             timer: None,
             eof: false,
+            send_timeout: settings.send_timeout,
+            write_timer: None,
         }
+    }
+
+    /// Passes on the outcome of a write or flush; one that has been blocked for
+    /// `send_timeout` becomes an error.
+    fn track_write<T>(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.write_timer = None;
+            return result;
+        }
+        let timeout = self.send_timeout;
+        let timer =
+            self.write_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(later(Instant::now(), timeout))));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.write_timer = None;
+        tracing::debug!(?timeout, "the client did not read the response in time; closing the connection");
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client did not read the response in time")))
     }
 
     /// Inspects `inbuf`, moving whatever is sound to `out`.
@@ -398,7 +426,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guard<IO> {
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Guard<IO> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.track_write(cx, result)
     }
 
     fn poll_write_vectored(
@@ -406,7 +436,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guard<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.track_write(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -414,7 +446,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guard<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_flush(cx);
+        this.track_write(cx, result)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -13,8 +13,9 @@
 //! - Responses: only 200, 203, 204, 301, 404 and 410 without `Set-Cookie`, and not
 //!   `private`, `no-store` or `no-cache`. Lifetime: `s-maxage`, else `max-age`, else
 //!   the policy's TTL, less the upstream's `Age`.
-//! - Versions that require API keys cache per consumer, and only responses marked
-//!   `Cache-Control: public`; without a consumer identity they bypass the cache.
+//! - Versions that require API keys or a JWT cache per consumer, and only responses
+//!   marked `Cache-Control: public`; without a consumer identity (a token alone names
+//!   no consumer) they bypass the cache.
 //! - Bodies stream to the client while a copy is kept, only as long as it stays within
 //!   the policy's `max_body_bytes`; beyond that the copy is dropped and nothing stored.
 //! - A non-error answer to an unsafe method (POST, PUT, PATCH, DELETE) drops the
@@ -414,7 +415,9 @@ impl CachePolicy {
             partition: store.partition(&version.id, fingerprint),
             ttl: Duration::from_secs(u64::from(spec.ttl_seconds.max(1))),
             max_body_bytes: spec.max_body_bytes,
-            per_consumer: version.policies.key_auth.is_some(),
+            // A JWT-protected version caches only for API-key consumers (see `lookup_at`):
+            // answers to one token's holder are never served to another.
+            per_consumer: version.policies.key_auth.is_some() || version.policies.jwt.is_some(),
         }
     }
 
@@ -682,6 +685,7 @@ mod tests {
             successor_base_path: None,
             routes: vec![],
             policies,
+            openapi: None,
         }
     }
 

@@ -15,6 +15,8 @@ pub struct Model {
     #[sea_orm(column_type = "Text")]
     pub tags: String,
     pub owner: Option<String>,
+    #[sea_orm(column_type = "Text")]
+    pub versioning: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
