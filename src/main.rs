@@ -16,6 +16,12 @@ use clap::Parser;
 use crate::cli::{Cli, Command, ConfigCommand};
 use crate::config::{Config, Env};
 
+/// mimalloc rather than the system allocator: the gateway allocates small, short-lived
+/// buffers on every request, and glibc's malloc/free showed as ~10% of the proxy's CPU
+/// in the benchmark profile (bench/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,

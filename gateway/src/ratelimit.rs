@@ -110,7 +110,13 @@ impl Limiter for LocalLimiter {
         let allowed = new_tat - now_ns <= window;
         let used_until = if allowed { new_tat } else { tat };
         if allowed {
-            map.insert(key.to_owned(), new_tat);
+            // Update in place: allocating the key again on every request showed in profiles.
+            match map.get_mut(key) {
+                Some(stored) => *stored = new_tat,
+                None => {
+                    map.insert(key.to_owned(), new_tat);
+                }
+            }
         }
         let headroom = window.saturating_sub(used_until - now_ns);
         Decision {
@@ -129,7 +135,10 @@ impl Limiter for LocalLimiter {
         if map.len() > SWEEP_AT {
             map.retain(|_, (s, _)| *s >= start);
         }
-        let entry = map.entry(key.to_owned()).or_insert((start, 0));
+        if !map.contains_key(key) {
+            map.insert(key.to_owned(), (start, 0));
+        }
+        let entry = map.get_mut(key).expect("inserted above");
         if entry.0 != start {
             *entry = (start, 0);
         }
