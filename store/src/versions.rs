@@ -74,6 +74,7 @@ pub struct VersionRecord {
     pub successor_id: Option<String>,
     /// Whether an OpenAPI document is stored for this version.
     pub has_openapi_document: bool,
+    /// The version's policies; a JWT `secret` is write-only and reads as `<redacted>`.
     pub policies: Policies,
     /// Lifecycle actions possible from the current state.
     pub allowed_transitions: Vec<Transition>,
@@ -86,10 +87,24 @@ pub(crate) fn state_of(m: &api_versions::Model) -> VersionState {
     VersionState::parse(&m.state).unwrap_or(VersionState::Draft)
 }
 
+/// Shown in place of a write-only secret; sending it back in a PATCH keeps the secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// The policies as an admin may read them: the JWT secret is write-only.
+fn readable_policies(m: &api_versions::Model) -> Policies {
+    let mut policies = policies_of(m);
+    if let Some(jwt) = policies.jwt.as_mut()
+        && jwt.secret.is_some()
+    {
+        jwt.secret = Some(turnpike_domain::policy::JwtSecret::new(REDACTED));
+    }
+    policies
+}
+
 pub(crate) fn record(m: api_versions::Model, api_slug: &str) -> VersionRecord {
     let state = state_of(&m);
     VersionRecord {
-        policies: policies_of(&m),
+        policies: readable_policies(&m),
         allowed_transitions: lifecycle::allowed_transitions(state).to_vec(),
         has_openapi_document: m.openapi_document.is_some(),
         id: m.id,
@@ -265,6 +280,12 @@ pub async fn patch(
     // a deprecated version's sunset may be moved here.
     let mut patch = patch.clone();
     let sunset = patch.as_object_mut().and_then(|o| o.remove("sunset_at"));
+    // A record read back and sent again carries the redacted secret: keep the real one.
+    if let Some(jwt) = patch.pointer_mut("/policies/jwt").and_then(|j| j.as_object_mut())
+        && jwt.get("secret").and_then(|v| v.as_str()) == Some(REDACTED)
+    {
+        jwt.remove("secret");
+    }
     let sunset_at = match sunset {
         None => model.sunset_at,
         Some(_) if state != VersionState::Deprecated => {

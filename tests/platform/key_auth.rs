@@ -168,3 +168,29 @@ on_both_stores! {
         app.call(Method::GET, "/open/v1/x").await.problem(429);
     }
 }
+
+on_both_stores! {
+    async fn a_jwt_secret_is_write_only(app) {
+        let upstream = Upstream::start("jwt").await;
+        app.draft_api("jwt", &upstream.url).await;
+        let path = "/admin/v1/apis/jwt/versions/v1";
+        let secret = "an-hs256-secret-that-is-long-enough-1234";
+        let policies = json!({"jwt": {"algorithm": "HS256", "secret": secret, "issuer": "me"}});
+        let saved = app.patch(path, json!({"policies": policies})).await;
+        assert!(!saved.text().contains(secret), "the secret was echoed: {}", saved.text());
+        let read = app.get(path).await;
+        assert!(!read.text().contains(secret), "the secret can be read back: {}", read.text());
+        let mut record = read.expect(200);
+        assert_eq!(record["policies"]["jwt"]["secret"], "<redacted>");
+
+        // Sending the record's policies back (with a change) keeps the real secret.
+        record["policies"]["jwt"]["issuer"] = json!("you");
+        app.patch(path, json!({"policies": record["policies"]})).await.expect(200);
+        let stored = turnpike_store::declarative::export(app.store.db()).await.unwrap();
+        let jwt = stored.apis[0].versions[0].policies.jwt.as_ref().unwrap();
+        assert_eq!(jwt.secret.as_ref().unwrap().expose(), secret);
+        assert_eq!(jwt.issuer.as_deref(), Some("you"));
+        let audit = app.get("/admin/v1/audit?per_page=200").await;
+        assert!(!audit.text().contains(secret), "the secret reached the audit log");
+    }
+}
