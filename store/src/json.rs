@@ -11,24 +11,26 @@ use crate::StoreError;
 #[serde(deny_unknown_fields)]
 pub struct PageParams {
     /// 1-based page number.
-    #[serde(default = "one")]
+    #[serde(default = "default_page")]
     pub page: u64,
     /// Items per page, 1..=200.
-    #[serde(default = "fifty")]
+    #[serde(default = "default_per_page")]
     pub per_page: u64,
 }
 
-fn one() -> u64 {
+/// Default `page` of every list.
+pub fn default_page() -> u64 {
     1
 }
 
-fn fifty() -> u64 {
+/// Default `per_page` of every list.
+pub fn default_per_page() -> u64 {
     50
 }
 
 impl Default for PageParams {
     fn default() -> Self {
-        PageParams { page: 1, per_page: 50 }
+        PageParams { page: default_page(), per_page: default_per_page() }
     }
 }
 

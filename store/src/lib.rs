@@ -31,7 +31,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use turnpike_domain::snapshot::Snapshot;
 
 pub use error::StoreError;
-pub use json::{Page, PageParams, merge_patch, patched};
+pub use json::{Page, PageParams, default_page, default_per_page, merge_patch, patched};
 pub use sea_orm::DbErr;
 
 /// Who made a change, as written to the audit log.

@@ -96,20 +96,12 @@ async fn delete_developer(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct ApplicationListParams {
-    #[serde(default = "one")]
+    #[serde(default = "turnpike_store::default_page")]
     page: u64,
-    #[serde(default = "fifty")]
+    #[serde(default = "turnpike_store::default_per_page")]
     per_page: u64,
     /// Only this developer's applications.
     developer_id: Option<String>,
-}
-
-fn one() -> u64 {
-    1
-}
-
-fn fifty() -> u64 {
-    50
 }
 
 #[utoipa::path(get, path = "/admin/v1/applications", tag = "applications", params(ApplicationListParams),
@@ -260,9 +252,9 @@ async fn revoke_key(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct SubscriptionListParams {
-    #[serde(default = "one")]
+    #[serde(default = "turnpike_store::default_page")]
     page: u64,
-    #[serde(default = "fifty")]
+    #[serde(default = "turnpike_store::default_per_page")]
     per_page: u64,
     /// Only subscriptions in this state.
     state: Option<SubscriptionState>,

@@ -30,20 +30,12 @@ pub fn router() -> OpenApiRouter<AdminState> {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct VersionListParams {
-    #[serde(default = "one")]
+    #[serde(default = "turnpike_store::default_page")]
     page: u64,
-    #[serde(default = "fifty")]
+    #[serde(default = "turnpike_store::default_per_page")]
     per_page: u64,
     /// Only versions in this state.
     state: Option<VersionState>,
-}
-
-fn one() -> u64 {
-    1
-}
-
-fn fifty() -> u64 {
-    50
 }
 
 #[utoipa::path(get, path = "/admin/v1/apis/{api}/versions", tag = "versions",
