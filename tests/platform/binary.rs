@@ -5,33 +5,18 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use turnpike_testkit::{Postgres, free_port, repo_root};
+use turnpike_testkit::{Postgres, repo_root};
 
+use crate::server::{Listeners, STARTUP, Server, turnpike};
 use crate::support::Upstream;
 
-/// How long a server may take to become ready, and a one-off command to finish.
-const STARTUP: Duration = Duration::from_secs(15);
 /// How long the quickstart script may take (it retries the gateway for up to 5 s).
 const QUICKSTART: Duration = Duration::from_secs(30);
 const TOKEN_BANNER: &str = "Bootstrap admin token";
-
-/// `turnpike <args>` run in `dir`, with no configuration inherited from the test's
-/// own environment.
-fn turnpike(dir: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_turnpike"));
-    command.args(args).current_dir(dir).stdin(Stdio::null());
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(|n| n.starts_with("TURNPIKE_") || n == "DATABASE_URL") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
 
 /// Runs a command to completion within `timeout`, killing it if it takes longer.
 async fn run(command: Command, timeout: Duration) -> Output {
@@ -64,113 +49,7 @@ fn succeeded(output: &Output) -> String {
     stdout(output)
 }
 
-/// Copies everything a child writes to a pipe into a string the test can read.
-fn collect(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            let mut sink = sink.lock().unwrap();
-            sink.push_str(&line);
-            sink.push('\n');
-        }
-    });
-    text
-}
-
-/// The four listeners of a server, each on its own free port.
-struct Listeners {
-    gateway: String,
-    status: String,
-    admin: String,
-    portal: String,
-}
-
-impl Listeners {
-    fn free() -> Listeners {
-        let addr = || format!("127.0.0.1:{}", free_port());
-        Listeners { gateway: addr(), status: addr(), admin: addr(), portal: addr() }
-    }
-
-    fn apply(&self, command: &mut Command) {
-        command
-            .env("TURNPIKE_GATEWAY_LISTEN", &self.gateway)
-            .env("TURNPIKE_GATEWAY_STATUS_LISTEN", &self.status)
-            .env("TURNPIKE_ADMIN_LISTEN", &self.admin)
-            .env("TURNPIKE_PORTAL_LISTEN", &self.portal);
-    }
-}
-
-/// A running `turnpike` server; killed when dropped, so a failing test leaks no process.
-struct Server {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-    admin_url: String,
-    gateway_url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Server {
-    /// Starts `turnpike <args>` in `dir` with `extra` environment variables and waits
-    /// until its gateway reports ready.
-    async fn start(dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Server {
-        let listeners = Listeners::free();
-        let mut command = turnpike(dir, args);
-        command.envs(extra.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        listeners.apply(&mut command);
-        let mut child = command.spawn().expect("the turnpike binary starts");
-        let stdout = collect(child.stdout.take().unwrap());
-        let stderr = collect(child.stderr.take().unwrap());
-        let mut server = Server {
-            child,
-            stdout,
-            stderr,
-            admin_url: format!("http://{}", listeners.admin),
-            gateway_url: format!("http://{}", listeners.gateway),
-        };
-        let ready = format!("http://{}/status/ready", listeners.status);
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("turnpike exited during start-up ({status}):\n{}", server.output());
-            }
-            if client.get(&ready).send().await.is_ok_and(|r| r.status() == 200) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "turnpike was not ready within {STARTUP:?}:\n{}", server.output());
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        // The banner is printed just after the listeners start serving.
-        server.wait_for_stdout("Turnpike is running:").await;
-        server
-    }
-
-    async fn wait_for_stdout(&self, text: &str) {
-        let deadline = Instant::now() + STARTUP;
-        while !self.stdout.lock().unwrap().contains(text) {
-            assert!(Instant::now() < deadline, "turnpike never printed {text:?}:\n{}", self.output());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    fn output(&self) -> String {
-        format!("stdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr.lock().unwrap())
-    }
-
     /// The bootstrap token printed on stdout, if any; asserts it was printed at most once.
     fn printed_token(&self) -> Option<String> {
         let out = self.stdout();

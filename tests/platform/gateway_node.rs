@@ -3,116 +3,17 @@
 //! run saved, reports itself ready but degraded, and picks the database up in the
 //! background once it answers.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
-use turnpike_testkit::{Postgres, free_port};
+use turnpike_testkit::Postgres;
 
+use crate::server::Server;
 use crate::support::Upstream;
-
-/// How long a server may take to become ready.
-const STARTUP: Duration = Duration::from_secs(20);
-
-/// A running `turnpike`, killed when dropped.
-struct Node {
-    child: Child,
-    output: Arc<Mutex<String>>,
-    gateway: String,
-    status: String,
-    admin: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Node {
-    /// Starts `turnpike <command>` in `dir` with `env`, each listener on a free port,
-    /// and waits until the gateway reports ready.
-    async fn start(dir: &Path, command: &str, env: &[(&str, &str)]) -> Node {
-        let addr = || format!("127.0.0.1:{}", free_port());
-        let (gateway, status, admin, portal) = (addr(), addr(), addr(), addr());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_turnpike"));
-        cmd.arg(command).current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        for (name, _) in std::env::vars_os() {
-            if name.to_str().is_some_and(|n| n.starts_with("TURNPIKE_") || n == "DATABASE_URL") {
-                cmd.env_remove(name);
-            }
-        }
-        cmd.envs(env.iter().copied())
-            .env("TURNPIKE_GATEWAY_LISTEN", &gateway)
-            .env("TURNPIKE_GATEWAY_STATUS_LISTEN", &status)
-            .env("TURNPIKE_ADMIN_LISTEN", &admin)
-            .env("TURNPIKE_PORTAL_LISTEN", &portal);
-        let mut child = cmd.spawn().expect("the turnpike binary starts");
-        let output = Arc::new(Mutex::new(String::new()));
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let sink = output.clone();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    let mut sink = sink.lock().unwrap();
-                    sink.push_str(&line);
-                    sink.push('\n');
-                }
-            });
-        }
-        let mut node = Node {
-            child,
-            output,
-            gateway: format!("http://{gateway}"),
-            status: format!("http://{status}"),
-            admin: format!("http://{admin}/admin/v1"),
-        };
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            if let Some(exit) = node.child.try_wait().unwrap() {
-                panic!("turnpike {command} exited during start-up ({exit}):\n{}", node.output());
-            }
-            let ready = client.get(format!("{}/status/ready", node.status)).send().await;
-            if ready.is_ok_and(|r| r.status() == 200) {
-                return node;
-            }
-            assert!(Instant::now() < deadline, "turnpike {command} was not ready in {STARTUP:?}:\n{}", node.output());
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    async fn status(&self) -> Value {
-        reqwest::get(format!("{}/status", self.status)).await.unwrap().json().await.unwrap()
-    }
-
-    /// Waits (up to `within`) until `/status` satisfies `done`.
-    async fn wait_for_status(&self, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            let status = self.status().await;
-            if done(&status) {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "status still {status} after {within:?}:\n{}", self.output());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 /// A TCP relay in front of PostgreSQL that stands for the database being down
 /// (connections are closed at once) until it is switched on.
@@ -144,10 +45,11 @@ impl Relay {
 }
 
 /// Publishes an API through the admin API, as the quickstart does; returns its base path.
-async fn publish_api(node: &Node, token: &str, upstream_url: &str) -> String {
+async fn publish_api(node: &Server, token: &str, upstream_url: &str) -> String {
     let http = reqwest::Client::new();
-    let call =
-        |path: &str, body: Value| http.post(format!("{}{path}", node.admin)).bearer_auth(token).json(&body).send();
+    let call = |path: &str, body: Value| {
+        http.post(format!("{}/admin/v1{path}", node.admin_url)).bearer_auth(token).json(&body).send()
+    };
     let upstream: Value = call("/upstreams", json!({"name": "lkg", "targets": [{"url": upstream_url}]}))
         .await
         .unwrap()
@@ -189,10 +91,10 @@ async fn a_gateway_node_starts_and_serves_from_its_last_known_good_file_while_th
     let upstream = Upstream::start("lkg").await;
 
     // An all-in-one server publishes an API; its gateway saves what it applies.
-    let server = Node::start(dir.path(), "serve", &[("DATABASE_URL", &url)]).await;
+    let server = Server::start(dir.path(), &["serve"], &[("DATABASE_URL", &url)]).await;
     let token = std::fs::read_to_string(dir.path().join("turnpike-data/admin-token")).unwrap();
     let base = publish_api(&server, token.trim(), &upstream.url).await;
-    let answer = wait_for_200(&format!("{}{base}/hello", server.gateway), Duration::from_secs(10)).await;
+    let answer = wait_for_200(&format!("{}{base}/hello", server.gateway_url), Duration::from_secs(10)).await;
     assert_eq!(answer["upstream"], "lkg");
     let version = server.status().await["config_version"].as_u64().unwrap();
     let file = turnpike_gateway::LastKnownGood::new(dir.path().join("turnpike-data/gateway-snapshot.json"));
@@ -208,12 +110,12 @@ async fn a_gateway_node_starts_and_serves_from_its_last_known_good_file_while_th
     let relay = Relay::start(pg.port()).await;
     let relayed = url.replacen(&format!(":{}/", pg.port()), &format!(":{}/", relay.port), 1);
     assert_ne!(relayed, url);
-    let mut node = Node::start(dir.path(), "gateway", &[("DATABASE_URL", &relayed)]).await;
+    let mut node = Server::start(dir.path(), &["gateway"], &[("DATABASE_URL", &relayed)]).await;
     let status = node.status().await;
     assert_eq!(status["source"], "last-known-good", "{status}");
     assert_eq!(status["degraded"], true);
     assert_eq!(status["config_version"], version);
-    let response = reqwest::get(format!("{}{base}/hello", node.gateway)).await.unwrap();
+    let response = reqwest::get(format!("{}{base}/hello", node.gateway_url)).await.unwrap();
     assert_eq!(response.status(), 200, "the node does not serve the saved API:\n{}", node.output());
     let answer: Value = response.json().await.unwrap();
     assert_eq!((answer["upstream"].as_str(), answer["path"].as_str()), (Some("lkg"), Some("/hello")));

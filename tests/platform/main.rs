@@ -2,6 +2,7 @@
 //! SQLite and on a real PostgreSQL server started by the tests. One binary, so the
 //! crates link once.
 
+mod server;
 mod support;
 
 mod bad_input;
