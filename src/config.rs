@@ -13,6 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use turnpike_domain::network::{Cidr, TargetPolicy};
 
 pub use env::Env;
 pub use values::{DatabaseUrl, ServerKey};
@@ -40,6 +41,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database: DatabaseConfig,
     pub gateway: GatewayConfig,
+    pub upstreams: UpstreamsConfig,
     pub admin: AdminConfig,
     pub portal: PortalConfig,
     pub secret: SecretConfig,
@@ -99,9 +101,47 @@ pub struct GatewayConfig {
     /// Seconds a client may leave a response unread before the connection is closed.
     #[serde(deserialize_with = "values::de_at_least_one")]
     pub send_timeout_secs: u64,
+    /// Proxy worker threads; 0 for one per CPU core.
+    #[serde(deserialize_with = "values::de_workers")]
+    pub workers: usize,
     /// The last-known-good snapshot file; `None` means `<data_dir>/gateway-snapshot.json`. Use
     /// [`Config::gateway_snapshot_file`] to get the resolved path.
     pub snapshot_file: Option<PathBuf>,
+}
+
+/// Which addresses upstream targets (and JWKS fetches) may connect to. Applied by the
+/// admin API when an upstream is saved (literal addresses) and by the gateway when it
+/// connects (every address a name resolves to), so both planes read it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamsConfig {
+    /// Allow every address, private, link-local and loopback ones included: no check.
+    pub allow_private_targets: bool,
+    /// Allow loopback addresses (`127.0.0.0/8`, `::1`) although not public, for
+    /// upstreams on the gateway's own host (the single-machine default).
+    pub allow_loopback_targets: bool,
+    /// Non-public blocks allowed anyway, such as the network the services live on.
+    pub private_target_allowlist: Vec<Cidr>,
+}
+
+impl Default for UpstreamsConfig {
+    fn default() -> Self {
+        Self { allow_private_targets: false, allow_loopback_targets: true, private_target_allowlist: Vec::new() }
+    }
+}
+
+impl UpstreamsConfig {
+    /// The policy the store and the gateway apply.
+    pub fn target_policy(&self) -> TargetPolicy {
+        if self.allow_private_targets {
+            return TargetPolicy::allow_all();
+        }
+        let mut allow_list = self.private_target_allowlist.clone();
+        if self.allow_loopback_targets {
+            allow_list.extend(["127.0.0.0/8", "::1/128"].map(|block| block.parse::<Cidr>().expect("a valid block")));
+        }
+        TargetPolicy::public_only(allow_list)
+    }
 }
 
 /// The admin API and admin console.
@@ -121,6 +161,31 @@ pub struct AdminConfig {
 pub struct PortalConfig {
     #[serde(deserialize_with = "values::de_socket_addr")]
     pub listen: SocketAddr,
+    /// Where people reach the portal (`https://portal.example.com`): the base of links in mail, and
+    /// `https` makes the session cookie `Secure`. `None` means `http://` the listen address; use
+    /// [`PortalConfig::public_url`] to get the resolved URL.
+    pub public_url: Option<turnpike_portal::PublicUrl>,
+    /// The SMTP server portal mail goes through; without one, mail is kept in the development
+    /// outbox shown at `/outbox`.
+    pub smtp_url: Option<turnpike_portal::mail::SmtpUrl>,
+    /// The `From` of portal mail.
+    pub smtp_from: turnpike_portal::mail::Sender,
+}
+
+impl PortalConfig {
+    /// The configured public URL, or `http://` the listen address.
+    pub fn public_url(&self) -> turnpike_portal::PublicUrl {
+        self.public_url.clone().unwrap_or_else(|| turnpike_portal::PublicUrl::from_listen(self.listen))
+    }
+
+    /// The portal's settings.
+    pub fn settings(&self) -> turnpike_portal::Settings {
+        turnpike_portal::Settings {
+            public_url: self.public_url(),
+            smtp_url: self.smtp_url.clone(),
+            smtp_from: self.smtp_from.clone(),
+        }
+    }
 }
 
 /// Where the server secret comes from. It keys the hashes of API keys and admin tokens, so every
@@ -162,6 +227,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./turnpike-data"),
             database: DatabaseConfig::default(),
             gateway: GatewayConfig::default(),
+            upstreams: UpstreamsConfig::default(),
             admin: AdminConfig::default(),
             portal: PortalConfig::default(),
             secret: SecretConfig::default(),
@@ -192,6 +258,7 @@ impl Default for GatewayConfig {
             max_body_bytes: None,
             body_read_timeout_secs: proxy.body_read_timeout.as_secs(),
             send_timeout_secs: proxy.send_timeout.as_secs(),
+            workers: 0,
             snapshot_file: None,
         }
     }
@@ -210,6 +277,7 @@ impl GatewayConfig {
             max_body_bytes: self.max_body_bytes.map(std::num::NonZeroU64::get),
             body_read_timeout: std::time::Duration::from_secs(self.body_read_timeout_secs),
             send_timeout: std::time::Duration::from_secs(self.send_timeout_secs),
+            workers: if self.workers == 0 { turnpike_gateway::default_workers() } else { self.workers },
         }
     }
 }
@@ -222,7 +290,12 @@ impl Default for AdminConfig {
 
 impl Default for PortalConfig {
     fn default() -> Self {
-        Self { listen: localhost(8003) }
+        Self {
+            listen: localhost(8003),
+            public_url: None,
+            smtp_url: None,
+            smtp_from: turnpike_portal::mail::Sender::default(),
+        }
     }
 }
 
@@ -537,9 +610,15 @@ mod tests {
                 ("TURNPIKE_GATEWAY_BODY_READ_TIMEOUT_SECS", "6"),
                 ("TURNPIKE_GATEWAY_SEND_TIMEOUT_SECS", "7"),
                 ("TURNPIKE_GATEWAY_SNAPSHOT_FILE", "/s/snap.json"),
+                ("TURNPIKE_UPSTREAMS_ALLOW_PRIVATE_TARGETS", "true"),
+                ("TURNPIKE_UPSTREAMS_ALLOW_LOOPBACK_TARGETS", "false"),
+                ("TURNPIKE_UPSTREAMS_PRIVATE_TARGET_ALLOWLIST", "10.20.0.0/16, fd00::/8"),
                 ("TURNPIKE_ADMIN_LISTEN", "127.0.0.1:3"),
                 ("TURNPIKE_ADMIN_MAX_BODY_BYTES", "1024"),
                 ("TURNPIKE_PORTAL_LISTEN", "127.0.0.1:4"),
+                ("TURNPIKE_PORTAL_PUBLIC_URL", "https://portal.example.com"),
+                ("TURNPIKE_PORTAL_SMTP_URL", "smtps://mailer:pw@mail.example.com:465"),
+                ("TURNPIKE_PORTAL_SMTP_FROM", "APIs <apis@example.com>"),
                 ("TURNPIKE_SECRET_KEY_FILE", "/run/secrets/tp"),
                 ("TURNPIKE_LOG_LEVEL", "debug"),
                 ("TURNPIKE_LOG_FORMAT", "json"),
@@ -562,10 +641,21 @@ mod tests {
                 max_body_bytes: std::num::NonZeroU64::new(1_048_576),
                 body_read_timeout_secs: 6,
                 send_timeout_secs: 7,
+                workers: 0,
                 snapshot_file: Some("/s/snap.json".into()),
             },
+            upstreams: UpstreamsConfig {
+                allow_private_targets: true,
+                allow_loopback_targets: false,
+                private_target_allowlist: vec!["10.20.0.0/16".parse().unwrap(), "fd00::/8".parse().unwrap()],
+            },
             admin: AdminConfig { listen: localhost(3), max_body_bytes: 1024 },
-            portal: PortalConfig { listen: localhost(4) },
+            portal: PortalConfig {
+                listen: localhost(4),
+                public_url: Some("https://portal.example.com".parse().unwrap()),
+                smtp_url: Some("smtps://mailer:pw@mail.example.com:465".parse().unwrap()),
+                smtp_from: "APIs <apis@example.com>".parse().unwrap(),
+            },
             secret: SecretConfig { key: None, key_file: Some("/run/secrets/tp".into()) },
             log: LogConfig { level: "debug".into(), format: LogFormat::Json },
         };
@@ -576,7 +666,13 @@ mod tests {
 
     #[test]
     fn gateway_options_become_the_proxy_settings() {
-        assert_eq!(Config::default().gateway.proxy_settings(), turnpike_gateway::Settings::default());
+        let cores = turnpike_gateway::default_workers();
+        let defaults = turnpike_gateway::Settings { workers: cores, ..turnpike_gateway::Settings::default() };
+        assert_eq!(Config::default().gateway.proxy_settings(), defaults);
+        assert_eq!(load("[gateway]\nworkers = 3\n", &[]).unwrap().gateway.proxy_settings().workers, 3);
+        assert_eq!(load("", &[("TURNPIKE_GATEWAY_WORKERS", "5")]).unwrap().gateway.proxy_settings().workers, 5);
+        let err = load_err("[gateway]\nworkers = 5000\n", &[]);
+        assert!(err.starts_with("gateway.workers (turnpike.toml, line 2): "), "{err}");
         let file = "[gateway]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nmax_body_bytes = 5\n";
         let config = load(file, &[("TURNPIKE_GATEWAY_IDLE_TIMEOUT_SECS", "7")]).unwrap();
         let settings = config.gateway.proxy_settings();
@@ -605,6 +701,44 @@ mod tests {
             err.starts_with("gateway.header_read_timeout_secs (TURNPIKE_GATEWAY_HEADER_READ_TIMEOUT_SECS): "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn upstream_target_options_become_the_target_policy() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        // The default: public addresses and loopback (upstreams on this host), nothing else.
+        let policy = Config::default().upstreams.target_policy();
+        assert_eq!(policy.check(ip("93.184.216.34")), Ok(()));
+        assert_eq!(policy.check(ip("127.0.0.1")), Ok(()));
+        assert_eq!(policy.check(ip("::1")), Ok(()));
+        for refused in ["10.0.0.1", "169.254.169.254", "192.168.1.1", "fd00::1", "0.0.0.0"] {
+            assert!(policy.check(ip(refused)).is_err(), "{refused}");
+        }
+
+        let file = "[upstreams]\nallow_loopback_targets = false\nprivate_target_allowlist = [\"10.20.0.0/16\"]\n";
+        let policy = load(file, &[]).unwrap().upstreams.target_policy();
+        assert!(policy.check(ip("127.0.0.1")).is_err());
+        assert_eq!(policy.check(ip("10.20.1.2")), Ok(()));
+        assert!(policy.check(ip("10.21.1.2")).is_err());
+
+        let config = load(file, &[("TURNPIKE_UPSTREAMS_ALLOW_PRIVATE_TARGETS", "true")]).unwrap();
+        assert_eq!(config.upstreams.target_policy(), TargetPolicy::allow_all());
+        let config = load("", &[("TURNPIKE_UPSTREAMS_PRIVATE_TARGET_ALLOWLIST", "192.168.0.0/16,::1")]).unwrap();
+        assert_eq!(config.upstreams.private_target_allowlist.len(), 2);
+        assert_eq!(config.upstreams.target_policy().check(ip("192.168.7.7")), Ok(()));
+
+        let err = load_err("", &[("TURNPIKE_UPSTREAMS_ALLOW_PRIVATE_TARGETS", "yes")]);
+        assert_eq!(
+            err,
+            "upstreams.allow_private_targets (TURNPIKE_UPSTREAMS_ALLOW_PRIVATE_TARGETS): \
+             invalid value \"yes\"; expected true or false"
+        );
+        let err = load_err("[upstreams]\nallow_loopback_targets = \"no\"\n", &[]);
+        assert!(err.starts_with("upstreams.allow_loopback_targets (turnpike.toml, line 2): "), "{err}");
+        let err = load_err("[upstreams]\nprivate_target_allowlist = [\"10.0.0.0/40\"]\n", &[]);
+        assert!(err.starts_with("upstreams.private_target_allowlist[0] (turnpike.toml, line 2): "), "{err}");
+        let err = load_err("", &[("TURNPIKE_UPSTREAMS_PRIVATE_TARGET_ALLOWLIST", "10.0.0.0/8, x")]);
+        assert!(err.ends_with("\"x\" is not an IP address or CIDR block"), "{err}");
     }
 
     #[test]
@@ -850,5 +984,24 @@ mod tests {
             .expect("docs/configuration.md has a ```toml example");
         let config = from_toml(example).unwrap();
         config.check_listeners(&[Plane::Gateway, Plane::Admin, Plane::Portal]).unwrap();
+    }
+
+    #[test]
+    fn portal_options_are_checked() {
+        let config = load("", &[("TURNPIKE_PORTAL_LISTEN", "0.0.0.0:9003")]).unwrap();
+        assert_eq!(config.portal.public_url().as_str(), "http://127.0.0.1:9003");
+        assert!(config.portal.settings().smtp_url.is_none());
+        let file = "[portal]\npublic_url = \"https://portal.example.com/\"\nsmtp_url = \"smtp://127.0.0.1:2525\"\n";
+        let settings = load(file, &[]).unwrap().portal.settings();
+        assert_eq!(settings.public_url.as_str(), "https://portal.example.com");
+        assert!(settings.public_url.is_https());
+        assert_eq!(settings.smtp_url.unwrap().as_str(), "smtp://127.0.0.1:2525");
+        let err = load_err("[portal]\npublic_url = \"https://portal.example.com/portal\"\n", &[]);
+        assert!(err.starts_with("portal.public_url (turnpike.toml, line 2): "), "{err}");
+        let err = load_err("", &[("TURNPIKE_PORTAL_SMTP_URL", "https://user:hunter2@mail.example.com")]);
+        assert!(err.starts_with("portal.smtp_url (TURNPIKE_PORTAL_SMTP_URL): "), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = load_err("", &[("TURNPIKE_PORTAL_SMTP_FROM", "nobody")]);
+        assert!(err.starts_with("portal.smtp_from (TURNPIKE_PORTAL_SMTP_FROM): "), "{err}");
     }
 }

@@ -3,7 +3,8 @@
 //! and wires the configuration bus between the admin API and the gateway.
 //!
 //! A gateway-only node (`turnpike gateway`) does not need its database to start: it
-//! serves its last-known-good snapshot file and connects to the store in the
+//! serves its last-known-good snapshot file, checks API keys against the
+//! last-known-good credentials file beside it, and connects to the store in the
 //! background, retrying until it can.
 
 use std::fs::OpenOptions;
@@ -41,7 +42,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     }
     let store = Store::connect(&url, config.database.max_connections).await.context("connecting to the database")?;
     store.migrate().await.context("applying migrations")?;
-    Ok(store)
+    Ok(store.with_target_policy(config.upstreams.target_policy()))
 }
 
 /// Writes `contents` to a new file readable only by its owner.
@@ -98,9 +99,8 @@ async fn bootstrap_admin(config: &Config, store: &Store, hasher: &KeyHasher) -> 
 
 /// Publishes the newest stored snapshot if it is newer than what the bus holds.
 async fn publish_latest(store: &Store, bus: &InProcessBus) -> anyhow::Result<()> {
-    if let Some(snapshot) = snapshots::latest(store.db()).await?
-        && bus.latest().is_none_or(|current| snapshot.version > current.version)
-    {
+    let current = bus.latest().map_or(0, |current| current.version);
+    if let Some(snapshot) = snapshots::newer_than(store.db(), current).await? {
         match bus.publish(Arc::new(snapshot)).await {
             // Another publisher (this process's admin API) got there first.
             Ok(()) | Err(BusError::Stale { .. }) => {}
@@ -128,6 +128,23 @@ fn on_shutdown(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 
     let mut rx = rx.clone();
     async move {
         let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Fills `credentials` from the last-known-good file of a gateway-only node started
+/// without its database; the store's credentials replace them once it answers.
+fn load_last_known_credentials(file: &turnpike_gateway::LastKnownCredentials, credentials: &InProcessCredentials) {
+    let path = file.path().display();
+    match file.load_into(credentials) {
+        Ok(count) => tracing::warn!(
+            count,
+            path = %path,
+            "checking API keys against the last-known-good credentials until the database answers"
+        ),
+        Err(turnpike_gateway::LoadError::Missing) => {
+            tracing::info!(path = %path, "no last-known-good credentials; keyed APIs refuse every key until the database answers")
+        }
+        Err(e) => tracing::warn!(path = %path, error = %e, "ignored the last-known-good credentials file"),
     }
 }
 
@@ -199,6 +216,21 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
         publish_latest(store, &bus).await?;
         credentials.replace_all(turnpike_store::credentials::load_all(store.db()).await?);
     }
+    // The gateway keeps the credentials beside its last-known-good snapshot, so that a
+    // node that starts without its database still knows the keys (hashed) it last had.
+    let credentials_file = runs(Plane::Gateway).then(|| {
+        turnpike_gateway::LastKnownCredentials::new(turnpike_gateway::LastKnownCredentials::beside(
+            &config.gateway_snapshot_file(),
+        ))
+    });
+    if let (None, Some(file)) = (&store, &credentials_file) {
+        load_last_known_credentials(file, &credentials);
+    }
+    if let Some(file) = &credentials_file {
+        // Saves the store's credentials now (the file may hold keys revoked since), then
+        // every change, whether made by this process's admin API or read by the poll below.
+        file.spawn_writer(&credentials);
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
@@ -210,6 +242,7 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
             hasher: Some(hasher.clone()),
             limiter: Arc::new(turnpike_gateway::ratelimit::LocalLimiter::default()),
         })
+        .with_target_policy(config.upstreams.target_policy())
         // Before the bus delivers anything: a node whose control plane is down serves
         // the configuration it last had.
         .with_last_known_good(turnpike_gateway::LastKnownGood::new(config.gateway_snapshot_file()));
@@ -276,10 +309,10 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
     if runs(Plane::Portal) {
         let listener = take("portal.listen");
         urls.push(format!("portal        http://{}", listener.local_addr()?));
+        let store = store.clone().expect("the portal opens the store at start");
+        let portal = turnpike_portal::PortalState::new(store, hasher.clone(), config.portal.settings())?;
         let shutdown = on_shutdown(&stop_rx);
-        tasks.spawn(async move {
-            Ok(axum::serve(listener, turnpike_portal::router()).with_graceful_shutdown(shutdown).await?)
-        });
+        tasks.spawn(async move { Ok(turnpike_portal::serve(listener, portal, shutdown).await?) });
     }
     println!("Turnpike is running:");
     for url in &urls {

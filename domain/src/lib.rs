@@ -6,6 +6,7 @@ pub mod certificate;
 pub mod credential;
 pub mod lifecycle;
 pub mod model;
+pub mod network;
 pub mod openapi;
 pub mod policy;
 pub mod secrets;

@@ -3,12 +3,14 @@
 //! API can report every problem of a request at once through [`Validator`].
 
 use std::collections::HashSet;
+use std::net::{IpAddr, Ipv6Addr};
 
 use serde::Serialize;
 
 use crate::model::{
     HashOn, HealthCheck, LoadBalancing, Quota, RateLimit, RouteSpec, Timeouts, UpstreamSpec, Versioning,
 };
+use crate::network::{TargetPolicy, numeric_ipv4};
 
 /// One rejected input: which field, and why, in words meant for the person who sent it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
@@ -372,7 +374,10 @@ pub fn target_url(field: &str, value: &str) -> Check {
         let Some((addr, after)) = v6.split_once(']') else {
             return fail(field, "has an unterminated IPv6 address");
         };
-        if addr.is_empty() || !addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+        if addr.is_empty()
+            || !addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+            || addr.parse::<Ipv6Addr>().is_err()
+        {
             return fail(field, "has an invalid IPv6 address");
         }
         match after {
@@ -414,6 +419,43 @@ pub fn target_url(field: &str, value: &str) -> Check {
         }
     }
     Ok(())
+}
+
+/// The IP address a target URL that [`target_url`] accepted names literally, in any
+/// form the system resolver would read as one (`127.1` and `2130706433` are
+/// `127.0.0.1`); `None` for a host name.
+pub fn target_address(url: &str) -> Option<IpAddr> {
+    let rest = ["http://", "https://", "h2c://"].into_iter().find_map(|scheme| url.strip_prefix(scheme))?;
+    let authority = rest.split('/').next()?;
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split_once(']')?.0.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    let host = authority.rsplit_once(':').map_or(authority, |(host, _port)| host);
+    numeric_ipv4(host).map(IpAddr::V4)
+}
+
+/// The operator's [`TargetPolicy`] applied to the targets of an upstream whose URLs
+/// name an IP address. Host names are left to the gateway, which checks every address
+/// they resolve to when it connects (a DNS answer can change after saving). Targets
+/// whose URL is invalid are left to [`upstream`].
+pub fn upstream_targets(spec: &UpstreamSpec, policy: &TargetPolicy) -> Result<(), Vec<ValidationError>> {
+    let mut v = Validator::new();
+    if policy.allows_everything() {
+        return v.finish();
+    }
+    for (i, target) in spec.targets.iter().enumerate() {
+        let Some(ip) = target_address(&target.url) else { continue };
+        if let Err(class) = policy.check(ip) {
+            v.check(fail(
+                &format!("targets[{i}].url"),
+                format!(
+                    "points at {ip}, {class}; this server connects to non-public addresses only when its \
+                     operator allows them (the upstreams.* configuration options)"
+                ),
+            ));
+        }
+    }
+    v.finish()
 }
 
 const MAX_QUERY_NAME: usize = 100;
@@ -768,6 +810,8 @@ mod tests {
                 "http://example.com:",
                 "http://[::1",
                 "http://[zz]:80",
+                "http://[1:2:3]:80",
+                "http://[::1::2]",
                 "http://[::1]x",
                 "http://Example.com",
                 "http://exa mple.com",
@@ -939,6 +983,68 @@ mod tests {
                 "health_check.healthy_threshold"
             ]
         );
+    }
+
+    #[test]
+    fn target_addresses_are_read_from_literal_hosts_only() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(target_address("http://127.0.0.1:8080"), ip("127.0.0.1"));
+        assert_eq!(target_address("https://10.0.0.1/base/v1"), ip("10.0.0.1"));
+        assert_eq!(target_address("h2c://[::1]:50051"), ip("::1"));
+        assert_eq!(target_address("http://[::ffff:169.254.169.254]"), ip("::ffff:169.254.169.254"));
+        assert_eq!(target_address("http://127.1:80"), ip("127.0.0.1"));
+        assert_eq!(target_address("http://2130706433"), ip("127.0.0.1"));
+        assert_eq!(target_address("http://0x7f.1"), ip("127.0.0.1"));
+        assert_eq!(target_address("http://localhost:8080"), None);
+        assert_eq!(target_address("https://api.example.com"), None);
+        assert_eq!(target_address("http://10.0.0.1.nip.io"), None);
+    }
+
+    #[test]
+    fn the_target_policy_refuses_literal_non_public_addresses_naming_the_field() {
+        let strict = TargetPolicy::public_only(Vec::new());
+        let mut u = good_upstream();
+        u.targets = [
+            "http://127.0.0.1:9001",
+            "https://93.184.216.34",
+            "http://10.0.0.1",
+            "http://[::1]:80",
+            "http://169.254.169.254/latest",
+            "http://internal.example.com",
+            "http://[fd00::5]",
+            "http://0.0.0.0:80",
+            "http://127.1",
+            "not a url",
+        ]
+        .into_iter()
+        .map(|url| Target { url: url.into(), weight: 1 })
+        .collect();
+        let errors = upstream_targets(&u, &strict).unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "targets[0].url",
+                "targets[2].url",
+                "targets[3].url",
+                "targets[4].url",
+                "targets[6].url",
+                "targets[7].url",
+                "targets[8].url"
+            ]
+        );
+        assert!(errors[0].message.starts_with("points at 127.0.0.1, a loopback address; "), "{}", errors[0].message);
+        assert!(errors[3].message.contains("169.254.169.254, a link-local address"), "{}", errors[3].message);
+        assert!(errors[6].message.contains("127.0.0.1, a loopback address"), "{}", errors[6].message);
+
+        assert_eq!(upstream_targets(&u, &TargetPolicy::allow_all()), Ok(()));
+        let listed = TargetPolicy::public_only(
+            ["127.0.0.0/8", "::1", "10.0.0.0/8", "169.254.0.0/16", "fc00::/7", "0.0.0.0/32"]
+                .into_iter()
+                .map(|b| b.parse().unwrap())
+                .collect(),
+        );
+        assert_eq!(upstream_targets(&u, &listed), Ok(()));
     }
 
     fn good_route() -> RouteSpec {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use turnpike_bus::SnapshotReceiver;
 use turnpike_domain::model::VersionState;
+use turnpike_domain::network::TargetPolicy;
 use turnpike_domain::policy::Policies;
 use turnpike_domain::snapshot::{Snapshot, SnapshotError, SnapshotPlan};
 
@@ -18,10 +19,12 @@ use crate::consumer::Consumers;
 use crate::jwks::{JwksCache, JwksSettings};
 use crate::lifecycle::{Deprecation, deprecation_headers};
 use crate::lkg::{LastKnownGood, LoadError, Writer};
+use crate::metrics::{Metrics, VersionMetrics};
 use crate::policy::VersionPolicies;
 use crate::policy::cache::{DEFAULT_CAPACITY_BYTES, ResponseCache};
 use crate::registry::UpstreamRuntime;
 use crate::router::Router;
+use crate::tls_client::TargetGuard;
 use crate::upstream::Upstream;
 
 /// Why a snapshot was not applied. The current configuration stays in place.
@@ -86,6 +89,8 @@ pub(crate) struct RoutedVersion {
     pub validation: Option<crate::validation::Validator>,
     /// The `jwt` policy, compiled once per snapshot (keys resolved or fetching).
     pub jwt: Option<crate::jwt::JwtAuth>,
+    /// The version's request counters, shared across snapshots (see `metrics`).
+    pub metrics: Arc<VersionMetrics>,
 }
 
 /// Where the applied configuration came from.
@@ -131,6 +136,8 @@ struct Inner {
     last_known_good: OnceLock<Writer>,
     /// JWKS key sets by URL; outlive snapshots (see `jwks`).
     jwks: JwksCache,
+    /// Request counters; outlive snapshots (see `metrics`).
+    metrics: Metrics,
 }
 
 impl Default for ConfigStore {
@@ -156,6 +163,7 @@ impl ConfigStore {
                 responses: Arc::new(ResponseCache::new(DEFAULT_CAPACITY_BYTES)),
                 last_known_good: OnceLock::new(),
                 jwks: JwksCache::default(),
+                metrics: Metrics::default(),
             }),
         }
     }
@@ -169,6 +177,10 @@ impl ConfigStore {
         &self.inner.consumers
     }
 
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     /// Gives the response cache (shared by all versions) a capacity other than the
     /// default 64 MiB.
     pub fn with_response_cache_bytes(self, bytes: u64) -> Self {
@@ -180,6 +192,16 @@ impl ConfigStore {
     /// before the first snapshot.
     pub fn with_jwks_settings(self, settings: JwksSettings) -> Self {
         self.inner.jwks.set_settings(settings);
+        self
+    }
+
+    /// Refuses upstream connections (and JWKS fetches) to addresses `policy` does not
+    /// allow: literal target addresses before connecting, names by dropping refused
+    /// addresses from what they resolve to. Call before the first snapshot.
+    pub fn with_target_policy(self, policy: TargetPolicy) -> Self {
+        let guard = TargetGuard::new(policy);
+        self.inner.upstreams.set_target_guard(guard.clone());
+        self.inner.jwks.set_target_guard(guard);
         self
     }
 
@@ -267,7 +289,8 @@ impl ConfigStore {
         }
         // Compiled outside the channel's lock; the check is repeated under it in case
         // another apply won meanwhile.
-        let compiled = compile(snapshot, &self.inner.responses, &self.inner.upstreams, &self.inner.jwks);
+        let compiled =
+            compile(snapshot, &self.inner.responses, &self.inner.upstreams, &self.inner.jwks, &self.inner.metrics);
         compiled.from_bus.store(source == ConfigSource::Bus, Ordering::Relaxed);
         let compiled = Arc::new(compiled);
         let mut result = Ok(true);
@@ -358,6 +381,7 @@ fn compile(
     responses: &Arc<ResponseCache>,
     upstreams: &UpstreamRuntime,
     jwks: &JwksCache,
+    metrics: &Metrics,
 ) -> CompiledConfig {
     let content = &snapshot.content;
     let upstreams: HashMap<&str, Arc<Upstream>> = content
@@ -394,6 +418,7 @@ fn compile(
             policy: VersionPolicies::compile(v, responses),
             validation: crate::validation::Validator::compile(v),
             jwt: v.policies.jwt.as_ref().map(|p| crate::jwt::JwtAuth::compile(p, &v.id, jwks)),
+            metrics: metrics.version(&v.api_slug, &v.label),
         });
         by_api.entry(v.api_id.as_str()).or_default().push((v, routed.clone()));
         match router.add_version(&v.base_path, v.state, routed, &v.routes) {

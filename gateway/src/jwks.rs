@@ -32,7 +32,6 @@ use http::{HeaderMap, HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
@@ -80,7 +79,7 @@ impl Default for JwksSettings {
     }
 }
 
-type FetchClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type FetchClient = Client<HttpsConnector<tls_client::TcpConnector>, Empty<Bytes>>;
 
 /// Every key set in use, by URL; one per `ConfigStore`.
 #[derive(Debug, Default)]
@@ -91,6 +90,8 @@ pub struct JwksCache {
 #[derive(Debug, Default)]
 struct CacheShared {
     settings: Mutex<JwksSettings>,
+    /// The addresses fetches may go to: upstream targets' policy.
+    guard: Mutex<tls_client::TargetGuard>,
     /// Built on first use, so that a gateway without JWKS never builds it.
     client: OnceLock<FetchClient>,
     sources: Mutex<HashMap<String, Weak<JwksSource>>>,
@@ -104,7 +105,9 @@ impl CacheShared {
     fn client(&self) -> FetchClient {
         self.client
             .get_or_init(|| {
-                let connector = tls_client::connector(&UpstreamTls::default(), Some(self.settings().fetch_timeout));
+                let guard = lock(&self.guard).clone();
+                let connector =
+                    tls_client::connector(&UpstreamTls::default(), Some(self.settings().fetch_timeout), &guard);
                 Client::builder(TokioExecutor::new())
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(Duration::from_secs(90))
@@ -123,6 +126,12 @@ impl JwksCache {
     /// running ones follow them.
     pub fn set_settings(&self, settings: JwksSettings) {
         *lock(&self.shared.settings) = settings;
+    }
+
+    /// Limits the addresses key sets are fetched from, as upstream targets' are; call
+    /// before the first fetch.
+    pub(crate) fn set_target_guard(&self, guard: tls_client::TargetGuard) {
+        *lock(&self.shared.guard) = guard;
     }
 
     /// The source of `url`: the live one, or a new one whose first fetch starts now.

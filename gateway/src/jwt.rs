@@ -283,6 +283,78 @@ pub(crate) async fn authenticate<B>(req: &mut Request<B>, version: &RoutedVersio
     Ok(())
 }
 
+/// The `jwt` fuzz target and the replay of its seed corpus (`fuzz/`,
+/// `gateway/tests/corpus.rs`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use turnpike_domain::policy::JwtSecret;
+
+    use super::*;
+
+    /// Two fixed policies, compiled once: HS256 with an issuer, audiences and leeway,
+    /// and RS256 with a PEM public key and no claim checks beyond `exp`.
+    #[derive(Debug)]
+    pub struct Verifiers {
+        policies: [JwtAuth; 2],
+    }
+
+    /// The issuer and audience the HS256 policy requires.
+    pub const ISSUER: &str = "https://idp.test";
+    pub const AUDIENCE: &str = "orders";
+
+    impl Verifiers {
+        pub fn new(hs256_secret: &str, rs256_public_pem: &str) -> Verifiers {
+            let hs = JwtPolicy {
+                secret: Some(JwtSecret::new(hs256_secret)),
+                issuer: Some(ISSUER.into()),
+                audiences: vec![AUDIENCE.into()],
+                leeway_seconds: 30,
+                ..JwtPolicy::new(JwtAlgorithm::HS256)
+            };
+            let rs = JwtPolicy { public_key_pem: Some(rs256_public_pem.into()), ..JwtPolicy::new(JwtAlgorithm::RS256) };
+            let jwks = JwksCache::default();
+            let policies = [JwtAuth::compile(&hs, "fuzz-hs256", &jwks), JwtAuth::compile(&rs, "fuzz-rs256", &jwks)];
+            for auth in &policies {
+                assert!(matches!(auth.keys, Keys::Fixed(_)), "an unusable key would refuse everything untested");
+            }
+            Verifiers { policies }
+        }
+
+        /// Verifies `token` under each policy as it stands, and as the value of an
+        /// `Authorization: Bearer` header would reach verification (when it can be a
+        /// header value and the header is read as a token). Returns each outcome:
+        /// the claims' count when accepted, the reason when refused.
+        pub fn verify(&self, token: &[u8]) -> Vec<Result<usize, String>> {
+            let mut outcomes = Vec::new();
+            let text = String::from_utf8_lossy(token);
+            let header = HeaderValue::from_bytes(&[b"Bearer ", token].concat()).ok();
+            for auth in &self.policies {
+                outcomes.push(now(auth.verify(&text)));
+                let mut headers = HeaderMap::new();
+                if let Some(value) = &header {
+                    headers.insert(AUTHORIZATION, value.clone());
+                }
+                if let Some(token) = auth.token(&headers) {
+                    outcomes.push(now(auth.verify(token)));
+                }
+            }
+            outcomes
+        }
+    }
+
+    /// Verification with a fixed key never waits: its future is ready when first polled.
+    fn now(verify: impl Future<Output = Result<Map<String, Value>, TokenError>>) -> Result<usize, String> {
+        match pin!(verify).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(outcome) => outcome.map(|claims| claims.len()).map_err(|e| e.to_string()),
+            Poll::Pending => panic!("verification with a fixed key waited"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use jsonwebtoken::{EncodingKey, Header, encode};

@@ -29,6 +29,7 @@ mod jwt;
 mod lifecycle;
 mod limits;
 mod lkg;
+mod metrics;
 mod outlier;
 mod path;
 mod pipeline;
@@ -46,14 +47,18 @@ mod tls_client;
 mod upstream;
 mod validation;
 mod websocket;
+mod worker;
 
 pub use config::{ApplyError, CompiledConfig, ConfigSource, ConfigStatus, ConfigStore};
 pub use error::PROBLEM_TYPE_PREFIX;
 pub use jwks::JwksSettings;
-pub use lkg::{LastKnownGood, LoadError};
+pub use lkg::{LastKnownCredentials, LastKnownGood, LoadError};
 pub use registry::UpstreamRuntime;
 pub use server::serve_proxy;
 pub use settings::{Cidr, InvalidCidr, Settings};
 pub use status::serve_status;
 pub use tls::serve_tls_proxy;
 pub use upstream::TargetStatus;
+pub use worker::default_count as default_workers;
+#[doc(hidden)] // Fuzz targets and their corpus replay only.
+pub use {jwt::fuzzing as jwt_fuzzing, limits::head::fuzz_head};

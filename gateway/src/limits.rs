@@ -126,7 +126,7 @@ impl ConnState {
         *self.rejection.lock().expect("not poisoned") = Some((request, rejection));
     }
 
-    fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
     }
 

@@ -125,6 +125,7 @@ pub async fn handle(
         Err(e) => e.into_response(&ctx.request_id).map(Either::Right),
     };
     finish(&ctx, response.headers_mut());
+    store.metrics().record(&ctx, &response);
     tracing::debug!(
         request_id = ctx.request_id.to_str().unwrap_or_default(),
         %method,

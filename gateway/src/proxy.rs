@@ -32,6 +32,12 @@ const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "te", "trailer", "tra
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them (a `Connection` header, the only one that can
+    // name others, is one of them): one pass over the names decides.
+    let hop_by_hop = |name: &HeaderName| HOP_BY_HOP.contains(&name.as_str()) || name.as_str().starts_with("proxy-");
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()

@@ -23,7 +23,7 @@ use turnpike_domain::model::UpstreamTls;
 use crate::health::{self, HealthChecker, HealthKey};
 use crate::retry::RetryBudget;
 use crate::tls_client;
-use crate::upstream::{HttpClient, TargetState, TargetStatus, UpstreamTarget};
+use crate::upstream::{Clients, HttpClient, TargetState, TargetStatus, UpstreamTarget};
 
 /// How long idle upstream connections stay in the pool.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -33,6 +33,8 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub(crate) struct ClientKey {
     pub connect_timeout: Option<Duration>,
     pub tls: UpstreamTls,
+    /// The addresses connections may go to ([`UpstreamRuntime::target_guard`]).
+    pub guard: tls_client::TargetGuard,
 }
 
 /// Everything about upstreams that outlives a snapshot: pooled clients, target
@@ -52,6 +54,8 @@ struct Registry {
     targets: Weakly<(String, String), TargetState>,
     budgets: Weakly<String, RetryBudget>,
     health: Weakly<String, HealthChecker>,
+    /// The operator's policy for target addresses; every address by default.
+    guard: tls_client::TargetGuard,
 }
 
 /// Weak references by key, with the dead ones swept out whenever the map has
@@ -150,6 +154,17 @@ impl UpstreamRuntime {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
+    /// The addresses upstream connections may go to.
+    pub(crate) fn target_guard(&self) -> tls_client::TargetGuard {
+        self.registry().guard.clone()
+    }
+
+    /// Changes the addresses upstream connections may go to, for upstreams compiled
+    /// from now on.
+    pub(crate) fn set_target_guard(&self, guard: tls_client::TargetGuard) {
+        self.registry().guard = guard;
+    }
+
     pub(crate) fn client(&self, key: &ClientKey) -> HttpClient {
         let mut registry = self.registry();
         registry.clients.entry(key.clone()).or_insert_with(|| new_client(key)).clone()
@@ -198,10 +213,15 @@ impl UpstreamRuntime {
 }
 
 fn new_client(key: &ClientKey) -> HttpClient {
+    HttpClient::new(key.clone())
+}
+
+/// The pooled clients of one worker for `key`.
+pub(crate) fn connect_clients(key: &ClientKey) -> Clients {
     let mut builder = Client::builder(TokioExecutor::new());
     builder.pool_timer(TokioTimer::new()).timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT);
-    let http = builder.build(tls_client::connector(&key.tls, key.connect_timeout));
+    let http = builder.build(tls_client::connector(&key.tls, key.connect_timeout, &key.guard));
     // `h2c://` targets: HTTP/2 from the first byte, one multiplexed connection each.
-    let h2c = builder.http2_only(true).build(tls_client::plain_connector(key.connect_timeout));
-    HttpClient::new(http, h2c)
+    let h2c = builder.http2_only(true).build(tls_client::plain_connector(key.connect_timeout, &key.guard));
+    Clients { http, h2c }
 }

@@ -27,6 +27,17 @@ use crate::limits::guard::Guard;
 use crate::limits::{self, ConnState, Tracked};
 use crate::pipeline::{self, ProxyBody};
 use crate::settings::Settings;
+use crate::worker;
+
+/// How long a connection in graceful shutdown with nothing in flight may take to
+/// finish (an HTTP/2 client answering the GOAWAY's PING) before it is dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// HTTP/2 streams a client may have open at once on one connection.
+const MAX_CONCURRENT_STREAMS: u32 = 200;
+/// Streams a client may open and reset before the server has accepted them.
+const MAX_PENDING_RESETS: usize = 20;
+/// Streams the server may reset because of the client's errors before it ends the connection.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// Serves the proxy on `listener` until `shutdown` completes, then waits for the
 /// requests in flight (and their response bodies) to finish. Requests run on the
@@ -81,7 +92,9 @@ impl Handshake for PlainTcp {
     }
 }
 
-/// The accept loop shared by the cleartext and TLS listeners; see [`serve_proxy`].
+/// Serves a listener for [`serve_proxy`] and the TLS listener: on `settings.workers`
+/// worker threads of their own (see [`crate::worker`]), or with none on the calling
+/// runtime.
 pub(crate) async fn serve_with<H: Handshake>(
     listener: TcpListener,
     store: ConfigStore,
@@ -89,21 +102,84 @@ pub(crate) async fn serve_with<H: Handshake>(
     shutdown: impl Future<Output = ()> + Send + 'static,
     handshake: Arc<H>,
 ) -> io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The connection guard enforces the head limits and timeouts first, with the
-    // right status; hyper's own are backstops that it never lets come into play.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(hyper_backstop(&settings))
-        .max_headers(settings.max_headers)
-        .max_buf_size((2 * settings.max_header_bytes).max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    let settings = Arc::new(settings);
+    let workers = settings.workers;
+    let shared = Arc::new(Shared::new(settings));
+    if workers == 0 {
+        return accept_loop(listener, store, shared, shutdown, handshake).await;
+    }
+    // Every worker accepts on its own descriptor of the one listening socket. The
+    // workers stop when `stop_tx` says so or is dropped (this future was dropped).
+    let listener = listener.into_std()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut finished = Vec::with_capacity(workers);
+    for n in 1..=workers {
+        let listener = listener.try_clone()?;
+        let (store, shared, handshake, mut stop) = (store.clone(), shared.clone(), handshake.clone(), stop_rx.clone());
+        let (done, finished_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new().name(format!("turnpike-proxy-{n}")).spawn(move || {
+            worker::enter(n);
+            let served = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|runtime| {
+                runtime.block_on(async move {
+                    let stop = async move {
+                        let _ = stop.wait_for(|stopping| *stopping).await;
+                    };
+                    accept_loop(TcpListener::from_std(listener)?, store, shared, stop, handshake).await
+                })
+            });
+            let _ = done.send(served);
+        })?;
+        finished.push(finished_rx);
+    }
+    drop(listener);
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for worker in finished {
+        // A worker that panicked has dropped its sender: nothing left to wait for.
+        worker.await.unwrap_or(Ok(()))?;
+    }
+    Ok(())
+}
+
+/// What every connection of a listener shares.
+struct Shared {
+    builder: auto::Builder<TokioExecutor>,
+    settings: Arc<Settings>,
+}
+
+impl Shared {
+    fn new(settings: Settings) -> Shared {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // The connection guard enforces the head limits and timeouts, with the right
+        // status. hyper's HTTP/1 header timeout is left off: it would only repeat the
+        // guard's, at the price of a timer armed and dropped on every request.
+        builder
+            .http1()
+            .header_read_timeout(None)
+            .max_headers(settings.max_headers)
+            .max_buf_size((2 * settings.max_header_bytes).max(8192));
+        // The HTTP/2 abuse limits, pinned rather than left to library defaults (see
+        // gateway/tests/gateway/h2_abuse.rs): rapid reset (CVE-2023-44487), resets the
+        // client provokes (CVE-2025-8671), and streams per connection.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+        Shared { builder, settings: Arc::new(settings) }
+    }
+}
+
+/// Accepts connections until `shutdown` completes, then waits for the requests in
+/// flight on them to finish.
+async fn accept_loop<H: Handshake>(
+    listener: TcpListener,
+    store: ConfigStore,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+    handshake: Arc<H>,
+) -> io::Result<()> {
     // Connections watch `stop` to start their graceful shutdown, and each holds a
     // clone of `done_rx`; `done_tx.closed()` resolves once the last one has ended.
     let (stop_tx, stop_rx) = watch::channel(());
@@ -120,13 +196,8 @@ pub(crate) async fn serve_with<H: Handshake>(
             },
             () = &mut shutdown => break,
         };
-        let conn = Connection {
-            builder: builder.clone(),
-            store: store.clone(),
-            settings: settings.clone(),
-            stop: stop_rx.clone(),
-            _done: done_rx.clone(),
-        };
+        let conn =
+            Connection { shared: shared.clone(), store: store.clone(), stop: stop_rx.clone(), _done: done_rx.clone() };
         tokio::spawn(conn.serve(handshake.clone(), stream, peer));
     }
     drop(listener);
@@ -135,14 +206,6 @@ pub(crate) async fn serve_with<H: Handshake>(
     let _ = stop_tx.send(());
     done_tx.closed().await;
     Ok(())
-}
-
-/// hyper's own header timeout, which also runs while a connection is idle: later
-/// than the guard's idle and header timeouts together (capped, since hyper adds it
-/// to the current time unchecked).
-fn hyper_backstop(settings: &Settings) -> Duration {
-    let year = Duration::from_secs(365 * 24 * 3600);
-    settings.idle_timeout.saturating_add(settings.header_read_timeout).saturating_add(Duration::from_secs(1)).min(year)
 }
 
 /// Errors on accept concern one connection (reset before accept) or the process
@@ -156,9 +219,8 @@ async fn accept_error(e: io::Error) {
 }
 
 struct Connection {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    shared: Arc<Shared>,
     store: ConfigStore,
-    settings: Arc<Settings>,
     stop: watch::Receiver<()>,
     /// Dropped when the connection ends; see [`serve_proxy`].
     _done: watch::Receiver<()>,
@@ -181,8 +243,8 @@ impl Connection {
             _ = self.stop.changed() => return,
         };
         let state = Arc::new(ConnState::default());
-        let io = TokioIo::new(Guard::new(stream, state.clone(), &self.settings));
-        let (store, settings, requests) = (self.store.clone(), self.settings.clone(), state.clone());
+        let io = TokioIo::new(Guard::new(stream, state.clone(), &self.shared.settings));
+        let (store, settings, requests) = (self.store.clone(), self.shared.settings.clone(), state.clone());
         let service = service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(H::SCHEME);
             let (rejection, in_flight) = requests.begin_request();
@@ -196,7 +258,7 @@ impl Connection {
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
             }
         });
-        let conn = self.builder.serve_connection_with_upgrades(io, service);
+        let conn = self.shared.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let stop = async {
             tokio::select! {
@@ -208,7 +270,15 @@ impl Connection {
             result = conn.as_mut() => result,
             () = stop => {
                 conn.as_mut().graceful_shutdown();
-                conn.await
+                // HTTP/2 ends a graceful shutdown only once the client answers a PING;
+                // one that never does is dropped once it has no request in flight.
+                loop {
+                    match tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {
+                        Ok(result) => break result,
+                        Err(_) if state.in_flight() == 0 => break Ok(()),
+                        Err(_) => {}
+                    }
+                }
             }
         };
         if let Err(e) = result {

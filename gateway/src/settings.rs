@@ -2,12 +2,12 @@
 //! snapshots: which peers may speak for clients, and the limits that keep one client
 //! from holding or exhausting the gateway. [`Settings::default`] is a safe start.
 
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
-use turnpike_domain::policy::parse_cidr;
+/// IP address blocks, shared with the control plane (which applies them to upstream
+/// targets, see `turnpike_domain::network`).
+pub use turnpike_domain::network::{Cidr, InvalidCidr};
 
 /// How the proxy listener treats connections and request heads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,9 @@ pub struct Settings {
     /// sent): the connection is closed beyond it, and with it the upstream's
     /// response, so a client that stops reading cannot hold an upstream connection.
     pub send_timeout: Duration,
+    /// Proxy worker threads, each with its own runtime (see `crate::worker`); 0 serves
+    /// on the runtime that calls [`serve_proxy`](crate::serve_proxy).
+    pub workers: usize,
 }
 
 impl Default for Settings {
@@ -51,6 +54,7 @@ impl Default for Settings {
             max_body_bytes: None,
             body_read_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(30),
+            workers: 0,
         }
     }
 }
@@ -63,102 +67,12 @@ impl Settings {
     }
 }
 
-/// An IP address block such as `10.0.0.0/8` or `2001:db8::/32`; a bare address is a
-/// block of one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-/// A text that is not an IP address or CIDR block.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not an IP address or CIDR block")]
-pub struct InvalidCidr(pub String);
-
-impl FromStr for Cidr {
-    type Err = InvalidCidr;
-
-    fn from_str(text: &str) -> Result<Self, InvalidCidr> {
-        let (addr, prefix) = parse_cidr(text.trim()).ok_or_else(|| InvalidCidr(text.to_owned()))?;
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl TryFrom<String> for Cidr {
-    type Error = InvalidCidr;
-
-    fn try_from(text: String) -> Result<Self, InvalidCidr> {
-        text.parse()
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        String::deserialize(de)?.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl Cidr {
-    /// Whether the block holds `ip`. IPv4-mapped IPv6 addresses count as IPv4.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.prefix),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.prefix),
-            _ => false,
-        }
-    }
-}
-
-/// Whether the first `bits` bits of `a` and `b` are equal.
-fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
-    let full = usize::from(bits / 8);
-    let rest = bits % 8;
-    if a[..full] != b[..full] {
-        return false;
-    }
-    rest == 0 || {
-        let mask = 0xffu8 << (8 - rest);
-        a[full] & mask == b[full] & mask
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn blocks_contain_their_addresses_only() {
-        let net: Cidr = "10.1.0.0/16".parse().unwrap();
-        assert!(net.contains(ip("10.1.255.7")));
-        assert!(!net.contains(ip("10.2.0.1")));
-        assert!(net.contains(ip("::ffff:10.1.2.3")), "mapped IPv4 counts as IPv4");
-        assert!(!net.contains(ip("::1")));
-        let odd: Cidr = "192.168.0.0/23".parse().unwrap();
-        assert!(odd.contains(ip("192.168.1.200")));
-        assert!(!odd.contains(ip("192.168.2.0")));
-        let one: Cidr = "2001:db8::1".parse().unwrap();
-        assert!(one.contains(ip("2001:db8::1")) && !one.contains(ip("2001:db8::2")));
-        let all: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains(ip("203.0.113.9")));
-        assert_eq!(one.to_string(), "2001:db8::1/128");
-    }
-
-    #[test]
-    fn bad_blocks_are_refused_by_name() {
-        for bad in ["", "10.0.0.0/33", "10.0.0/8", "::/129", "10.0.0.0/-1", "10.0.0.0/"] {
-            assert_eq!(bad.parse::<Cidr>(), Err(InvalidCidr(bad.to_owned())), "{bad}");
-        }
     }
 
     #[test]

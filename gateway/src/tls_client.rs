@@ -4,18 +4,38 @@
 //! of the target's host, and ALPN offering HTTP/2 and HTTP/1.1. Verification is on
 //! unless the upstream says `verify: false`; then the certificate is accepted as
 //! presented (its handshake signature is still checked).
+//!
+//! Every connection also passes the operator's [`TargetPolicy`] ([`TargetGuard`]): a
+//! target naming a refused address literally is not connected to, and a host name is
+//! resolved by [`GuardedResolver`], which drops the refused addresses from the
+//! answer, so the connection goes only to allowed ones (checked on the very addresses
+//! connected to: a DNS answer that changes after a check cannot slip through). A name
+//! with no allowed address fails to connect, which the proxy answers 502 like any
+//! unreachable upstream, the details only in the log. With every address allowed
+//! (the guard is empty) the connector resolves and connects exactly as hyper's own.
 
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use http::Uri;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiAddrs, GaiFuture, GaiResolver, Name};
+use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::net::TcpStream;
+use tower::Service;
 use turnpike_domain::model::UpstreamTls;
+use turnpike_domain::network::TargetPolicy;
 
 /// Why an upstream's TLS settings cannot be used as given.
 #[derive(Debug, thiserror::Error)]
@@ -69,9 +89,13 @@ pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, TlsSettingsError
 /// are logged and replaced by the safe default (verification on against the
 /// built-in roots), so a bad CA makes the targets fail closed with 502 rather than
 /// taking the whole snapshot down.
-pub fn connector(tls: &UpstreamTls, connect_timeout: Option<Duration>) -> HttpsConnector<HttpConnector> {
-    let mut http = plain_connector(connect_timeout);
-    http.enforce_http(false);
+pub fn connector(
+    tls: &UpstreamTls,
+    connect_timeout: Option<Duration>,
+    guard: &TargetGuard,
+) -> HttpsConnector<TcpConnector> {
+    let mut http = plain_connector(connect_timeout, guard);
+    http.http.enforce_http(false);
     let config = client_config(tls).unwrap_or_else(|e| {
         tracing::error!(error = %e, "unusable upstream tls settings; verifying against the built-in roots only");
         client_config(&UpstreamTls::default()).expect("the default tls settings are valid")
@@ -89,11 +113,174 @@ pub fn connector(tls: &UpstreamTls, connect_timeout: Option<Duration>) -> HttpsC
 }
 
 /// The TCP connector for cleartext targets (and under TLS for the others).
-pub fn plain_connector(connect_timeout: Option<Duration>) -> HttpConnector {
-    let mut http = HttpConnector::new();
+pub fn plain_connector(connect_timeout: Option<Duration>, guard: &TargetGuard) -> TcpConnector {
+    let mut http =
+        HttpConnector::new_with_resolver(GuardedResolver { system: GaiResolver::new(), guard: guard.clone() });
     http.set_connect_timeout(connect_timeout);
     http.set_nodelay(true);
-    http
+    TcpConnector { http, guard: guard.clone() }
+}
+
+/// The addresses connections may go to: the operator's [`TargetPolicy`], or empty
+/// (the default) when every address is allowed and nothing is checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TargetGuard(Option<Arc<TargetPolicy>>);
+
+impl TargetGuard {
+    pub fn new(policy: TargetPolicy) -> TargetGuard {
+        TargetGuard((!policy.allows_everything()).then(|| Arc::new(policy)))
+    }
+
+    /// Why a connection to the literal address of `uri` is refused, if it is.
+    fn refuse_literal(&self, uri: &Uri) -> Option<TargetRefused> {
+        let policy = self.0.as_ref()?;
+        let host = uri.host()?;
+        let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let ip: IpAddr = bare.parse().ok()?;
+        let class = policy.check(ip).err()?;
+        Some(TargetRefused { host: host.to_owned(), refused: format!("{ip} is {class}") })
+    }
+}
+
+/// A connection the target policy does not allow.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} is refused by the upstream target policy ({refused})")]
+pub struct TargetRefused {
+    host: String,
+    /// Each refused address with its class.
+    refused: String,
+}
+
+/// hyper's TCP connector, resolving through [`GuardedResolver`] and refusing
+/// literal addresses the [`TargetGuard`] does not allow.
+#[derive(Debug, Clone)]
+pub struct TcpConnector {
+    http: HttpConnector<GuardedResolver>,
+    guard: TargetGuard,
+}
+
+type HttpConnecting = <HttpConnector<GuardedResolver> as Service<Uri>>::Future;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Service<Uri> for TcpConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Connecting {
+        // hyper connects to a literal address without asking the resolver.
+        match self.guard.refuse_literal(&uri) {
+            Some(refused) => Connecting::Refused(Some(refused)),
+            None => Connecting::Connecting(self.http.call(uri)),
+        }
+    }
+}
+
+/// The future of [`TcpConnector`].
+pub enum Connecting {
+    Connecting(HttpConnecting),
+    Refused(Option<TargetRefused>),
+}
+
+impl Future for Connecting {
+    type Output = Result<TokioIo<TcpStream>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Connecting::Connecting(connecting) => Pin::new(connecting).poll(cx).map_err(Into::into),
+            Connecting::Refused(refused) => {
+                Poll::Ready(Err(refused.take().expect("a refused connection is polled once").into()))
+            }
+        }
+    }
+}
+
+/// The system resolver (`getaddrinfo`, as hyper's own connector uses), keeping only
+/// the addresses the [`TargetGuard`] allows; none left is an error.
+#[derive(Debug, Clone)]
+pub struct GuardedResolver {
+    system: GaiResolver,
+    guard: TargetGuard,
+}
+
+impl Service<Name> for GuardedResolver {
+    type Response = Addrs;
+    type Error = io::Error;
+    type Future = Resolving;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        self.system.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Resolving {
+        let policy = self.guard.0.clone().map(|policy| (policy, name.clone()));
+        Resolving { lookup: self.system.call(name), policy }
+    }
+}
+
+/// The future of [`GuardedResolver`].
+pub struct Resolving {
+    lookup: GaiFuture,
+    /// The policy and the name looked up, when there is a policy.
+    policy: Option<(Arc<TargetPolicy>, Name)>,
+}
+
+impl Future for Resolving {
+    type Output = Result<Addrs, io::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let addrs = ready!(Pin::new(&mut this.lookup).poll(cx))?;
+        let Some((policy, name)) = &this.policy else {
+            return Poll::Ready(Ok(Addrs::All(addrs)));
+        };
+        Poll::Ready(allowed(policy, name.as_str(), addrs).map(|allowed| Addrs::Allowed(allowed.into_iter())))
+    }
+}
+
+/// The addresses of `host` that `policy` allows; an error naming the refused ones
+/// when they were all refused.
+fn allowed(
+    policy: &TargetPolicy,
+    host: &str,
+    addrs: impl Iterator<Item = SocketAddr>,
+) -> Result<Vec<SocketAddr>, io::Error> {
+    let mut allowed = Vec::new();
+    let mut refused = Vec::new();
+    for addr in addrs {
+        match policy.check(addr.ip()) {
+            Ok(()) => allowed.push(addr),
+            Err(class) => refused.push(format!("{} is {class}", addr.ip())),
+        }
+    }
+    if allowed.is_empty() && !refused.is_empty() {
+        let refused = TargetRefused { host: host.to_owned(), refused: refused.join(", ") };
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, refused));
+    }
+    Ok(allowed)
+}
+
+/// The addresses [`GuardedResolver`] found.
+pub enum Addrs {
+    /// Every address, when nothing is refused.
+    All(GaiAddrs),
+    /// The allowed ones.
+    Allowed(std::vec::IntoIter<SocketAddr>),
+}
+
+impl Iterator for Addrs {
+    type Item = SocketAddr;
+
+    fn next(&mut self) -> Option<SocketAddr> {
+        match self {
+            Addrs::All(addrs) => addrs.next(),
+            Addrs::Allowed(addrs) => addrs.next(),
+        }
+    }
 }
 
 fn server_name(name: &str) -> Result<ServerName<'static>, TlsSettingsError> {
@@ -154,6 +341,59 @@ mod tests {
         assert!(client_config(&with_ca(garbage)).is_err());
         assert!(matches!(server_name("not a name!"), Err(TlsSettingsError::ServerName(_))));
         assert!(server_name("api.internal").is_ok() && server_name("[::1]").is_ok());
+    }
+
+    /// Whether the (non-blocking) `listener` has a connection waiting; on loopback a
+    /// connection is queued by the time the client's connect returns.
+    fn has_connection(listener: &std::net::TcpListener) -> bool {
+        match listener.accept() {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+
+    fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+        let mut text = err.to_string();
+        let mut source = err.source();
+        while let Some(e) = source {
+            text.push_str(&format!(": {e}"));
+            source = e.source();
+        }
+        text
+    }
+
+    #[tokio::test]
+    async fn the_guard_refuses_loopback_before_connecting_by_address_or_by_name() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let uri = |host: &str| format!("http://{host}:{port}").parse::<Uri>().unwrap();
+        let timeout = Some(Duration::from_secs(5));
+
+        let strict = TargetGuard::new(TargetPolicy::public_only(Vec::new()));
+        let mut plain = plain_connector(timeout, &strict);
+        // Literal addresses (hyper would not ask the resolver), a name resolving to
+        // loopback, and a numeric form only the system resolver reads as an address.
+        for host in ["127.0.0.1", "[::ffff:127.0.0.1]", "localhost", "127.1"] {
+            let err = plain.call(uri(host)).await.expect_err(host);
+            assert!(chain(err.as_ref()).contains("refused by the upstream target policy"), "{host}: {}", chain(&*err));
+        }
+        let mut https = connector(&UpstreamTls::default(), timeout, &strict);
+        let err = https.call(format!("https://127.0.0.1:{port}").parse().unwrap()).await.unwrap_err();
+        assert!(chain(err.as_ref()).contains("127.0.0.1 is a loopback address"), "{}", chain(&*err));
+        assert!(!has_connection(&listener), "a refused target was connected to");
+
+        // Allowed by the list (an IPv6 answer for localhost is dropped, the IPv4 one used).
+        let listed = TargetGuard::new(TargetPolicy::public_only(vec!["127.0.0.0/8".parse().unwrap()]));
+        plain_connector(timeout, &listed).call(uri("localhost")).await.unwrap();
+        assert!(has_connection(&listener));
+        plain_connector(timeout, &listed).call(uri("127.0.0.1")).await.unwrap();
+        assert!(has_connection(&listener));
+        // No guard: hyper's own behaviour.
+        assert_eq!(TargetGuard::new(TargetPolicy::allow_all()), TargetGuard::default());
+        plain_connector(timeout, &TargetGuard::default()).call(uri("127.0.0.1")).await.unwrap();
+        assert!(has_connection(&listener));
     }
 
     #[test]

@@ -20,7 +20,6 @@ use http::{HeaderMap, HeaderName, Request, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -31,8 +30,10 @@ use crate::balancer::{Balancer, hash64};
 use crate::breaker::{Admission, Breaker};
 use crate::health::{HealthChecker, HealthKey};
 use crate::outlier::Outlier;
-use crate::registry::{ClientKey, UpstreamRuntime};
+use crate::registry::{self, ClientKey, UpstreamRuntime};
 use crate::retry::RetryBudget;
+use crate::tls_client::TcpConnector;
+use crate::worker::PerWorker;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -46,27 +47,40 @@ pub const H2C: &str = "h2c";
 
 /// The client that carries proxied requests and health probes: HTTP/1.1 to
 /// `http://` targets, HTTP/1.1 or HTTP/2 (by ALPN) to `https://` ones, and HTTP/2
-/// from the first byte to `h2c://` ones, chosen by the request URI's scheme. Clones
-/// share the connection pools.
+/// from the first byte to `h2c://` ones, chosen by the request URI's scheme. Each
+/// proxy worker has its own connection pools (see [`crate::worker`]); clones share
+/// them.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    http: Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>,
-    h2c: Client<HttpConnector, UpstreamRequestBody>,
+    inner: Arc<ClientSet>,
+}
+
+#[derive(Debug)]
+struct ClientSet {
+    key: ClientKey,
+    per_worker: PerWorker<Clients>,
+}
+
+/// One worker's pooled clients.
+#[derive(Debug)]
+pub(crate) struct Clients {
+    pub(crate) http: Client<HttpsConnector<TcpConnector>, UpstreamRequestBody>,
+    /// HTTP/2-only (`http2_only(true)`).
+    pub(crate) h2c: Client<TcpConnector, UpstreamRequestBody>,
 }
 
 impl HttpClient {
-    /// `h2c` must be an HTTP/2-only client (`http2_only(true)`).
-    pub(crate) fn new(
-        http: Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>,
-        h2c: Client<HttpConnector, UpstreamRequestBody>,
-    ) -> HttpClient {
-        HttpClient { http, h2c }
+    /// Clients for `key`, each worker's made by [`registry::connect_clients`] when
+    /// the worker first uses it.
+    pub(crate) fn new(key: ClientKey) -> HttpClient {
+        HttpClient { inner: Arc::new(ClientSet { key, per_worker: PerWorker::new() }) }
     }
 
     /// Sends a request to the target its URI names (see [`UpstreamTarget::uri`]).
     pub fn request(&self, mut req: Request<UpstreamRequestBody>) -> ResponseFuture {
+        let clients = self.inner.per_worker.get(|| registry::connect_clients(&self.inner.key));
         if req.uri().scheme_str() != Some(H2C) {
-            return self.http.request(req);
+            return clients.http.request(req);
         }
         let mut parts = req.uri().clone().into_parts();
         parts.scheme = Some(Scheme::HTTP);
@@ -74,7 +88,7 @@ impl HttpClient {
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
-        self.h2c.request(req)
+        clients.h2c.request(req)
     }
 }
 
@@ -336,7 +350,11 @@ impl Upstream {
         };
         let timeouts = spec.spec.timeouts;
         let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
-        let client_key = ClientKey { connect_timeout: millis(timeouts.connect_ms), tls: spec.spec.tls.clone() };
+        let client_key = ClientKey {
+            connect_timeout: millis(timeouts.connect_ms),
+            tls: spec.spec.tls.clone(),
+            guard: runtime.target_guard(),
+        };
         let client = runtime.client(&client_key);
         let states: Vec<_> = keys.iter().map(|url| runtime.target_state(&spec.id, url)).collect();
         let hc = &spec.spec.health_check;

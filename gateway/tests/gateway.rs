@@ -4318,3 +4318,12 @@ mod jwt {
         assert!(idp.fetches() >= 2, "retried after the failure");
     }
 }
+
+#[path = "gateway/h2_abuse.rs"]
+mod h2_abuse;
+
+#[path = "gateway/metrics.rs"]
+mod metrics;
+
+#[path = "gateway/ssrf.rs"]
+mod ssrf;

@@ -10,6 +10,7 @@ pub use sea_orm_migration::MigratorTrait;
 mod m20261127_000001_init;
 mod m20261127_000002_policies_certificates;
 mod m20261127_000003_api_versioning;
+mod m20261127_000004_portal;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000001_init::Migration),
             Box::new(m20261127_000002_policies_certificates::Migration),
             Box::new(m20261127_000003_api_versioning::Migration),
+            Box::new(m20261127_000004_portal::Migration),
         ]
     }
 }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use super::values::{parse_at_least_one, parse_log_filter, parse_socket_addr};
+use super::values::{
+    parse_at_least_one, parse_bool, parse_cidr_list, parse_log_filter, parse_socket_addr, parse_workers,
+};
 use super::{CONFIG_FILE_ENV, Config, ConfigError};
 
 const SECRET_KEY_ENV: &str = "TURNPIKE_SECRET_KEY";
@@ -53,13 +55,7 @@ pub(super) const OPTIONS: &[EnvOption] = &[
     EnvOption {
         key: "gateway.trusted_proxies",
         vars: &["TURNPIKE_GATEWAY_TRUSTED_PROXIES"],
-        set: |c, v| {
-            let blocks = v.split(',').map(str::trim).filter(|b| !b.is_empty());
-            blocks
-                .map(|b| b.parse().map_err(|e: turnpike_gateway::InvalidCidr| e.to_string()))
-                .collect::<Result<_, _>>()
-                .map(|cidrs| c.gateway.trusted_proxies = cidrs)
-        },
+        set: |c, v| parse_cidr_list(v).map(|cidrs| c.gateway.trusted_proxies = cidrs),
     },
     EnvOption {
         key: "gateway.max_header_bytes",
@@ -102,9 +98,29 @@ pub(super) const OPTIONS: &[EnvOption] = &[
         set: |c, v| parse_at_least_one(v).map(|n| c.gateway.send_timeout_secs = n),
     },
     EnvOption {
+        key: "gateway.workers",
+        vars: &["TURNPIKE_GATEWAY_WORKERS"],
+        set: |c, v| parse_workers(v).map(|n| c.gateway.workers = n),
+    },
+    EnvOption {
         key: "gateway.snapshot_file",
         vars: &["TURNPIKE_GATEWAY_SNAPSHOT_FILE"],
         set: |c, v| path(v).map(|file| c.gateway.snapshot_file = Some(file)),
+    },
+    EnvOption {
+        key: "upstreams.allow_private_targets",
+        vars: &["TURNPIKE_UPSTREAMS_ALLOW_PRIVATE_TARGETS"],
+        set: |c, v| parse_bool(v).map(|allow| c.upstreams.allow_private_targets = allow),
+    },
+    EnvOption {
+        key: "upstreams.allow_loopback_targets",
+        vars: &["TURNPIKE_UPSTREAMS_ALLOW_LOOPBACK_TARGETS"],
+        set: |c, v| parse_bool(v).map(|allow| c.upstreams.allow_loopback_targets = allow),
+    },
+    EnvOption {
+        key: "upstreams.private_target_allowlist",
+        vars: &["TURNPIKE_UPSTREAMS_PRIVATE_TARGET_ALLOWLIST"],
+        set: |c, v| parse_cidr_list(v).map(|cidrs| c.upstreams.private_target_allowlist = cidrs),
     },
     EnvOption {
         key: "admin.listen",
@@ -120,6 +136,21 @@ pub(super) const OPTIONS: &[EnvOption] = &[
         key: "portal.listen",
         vars: &["TURNPIKE_PORTAL_LISTEN"],
         set: |c, v| parse_socket_addr(v).map(|addr| c.portal.listen = addr),
+    },
+    EnvOption {
+        key: "portal.public_url",
+        vars: &["TURNPIKE_PORTAL_PUBLIC_URL"],
+        set: |c, v| v.parse().map(|url| c.portal.public_url = Some(url)),
+    },
+    EnvOption {
+        key: "portal.smtp_url",
+        vars: &["TURNPIKE_PORTAL_SMTP_URL"],
+        set: |c, v| v.parse().map(|url| c.portal.smtp_url = Some(url)),
+    },
+    EnvOption {
+        key: "portal.smtp_from",
+        vars: &["TURNPIKE_PORTAL_SMTP_FROM"],
+        set: |c, v| v.parse().map(|from| c.portal.smtp_from = from),
     },
     EnvOption { key: "secret.key", vars: &[SECRET_KEY_ENV], set: |c, v| v.parse().map(|key| c.secret.key = Some(key)) },
     EnvOption {

@@ -155,6 +155,32 @@ pub(super) fn parse_at_least_one<T: FromStr + PartialEq + From<u8>>(text: &str) 
     }
 }
 
+/// Most proxy workers: far more threads than any machine has cores gains nothing.
+pub(super) const MAX_WORKERS: usize = 1024;
+
+pub(super) fn parse_workers(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n <= MAX_WORKERS => Ok(n),
+        _ => {
+            Err(format!("invalid number {text:?}; expected a whole number from 0 (one per CPU core) to {MAX_WORKERS}"))
+        }
+    }
+}
+
+pub(super) fn parse_bool(text: &str) -> Result<bool, String> {
+    match text {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("invalid value {text:?}; expected true or false")),
+    }
+}
+
+/// IP addresses or CIDR blocks separated by commas (the environment's form of a list).
+pub(super) fn parse_cidr_list(text: &str) -> Result<Vec<turnpike_domain::network::Cidr>, String> {
+    let blocks = text.split(',').map(str::trim).filter(|b| !b.is_empty());
+    blocks.map(|b| b.parse().map_err(|e: turnpike_domain::network::InvalidCidr| e.to_string())).collect()
+}
+
 pub(super) fn parse_log_filter(text: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(text)
         .map(|_| text.to_owned())
@@ -179,6 +205,11 @@ where
         return Err(D::Error::custom("must be at least 1"));
     }
     Ok(n)
+}
+
+pub(super) fn de_workers<'de, D: Deserializer<'de>>(de: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(de)?;
+    parse_workers(&n.to_string()).map_err(D::Error::custom)
 }
 
 pub(super) fn de_log_filter<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {

@@ -91,6 +91,16 @@ fn audit_detail(hosts: &[String], info: &certificate::CertificateInfo) -> serde_
 pub async fn create(change: &Change<'_>, input: CertificateInput) -> Result<CertificateRecord, StoreError> {
     let accepted = certificate::validate(&input, Utc::now())?;
     ensure_hosts_free(change.txn(), &accepted.hosts, None).await?;
+    record(insert(change, input, &accepted).await?)
+}
+
+/// Stores a certificate that [`certificate::validate`] accepted, without looking at
+/// the hosts of the others (the caller does).
+async fn insert(
+    change: &Change<'_>,
+    input: CertificateInput,
+    accepted: &certificate::Accepted,
+) -> Result<certificates::Model, StoreError> {
     let now = Utc::now();
     let model = certificates::ActiveModel {
         id: Set(new_id()),
@@ -103,7 +113,7 @@ pub async fn create(change: &Change<'_>, input: CertificateInput) -> Result<Cert
     .insert(change.txn())
     .await?;
     change.audit("certificate.create", "certificate", &model.id, audit_detail(&accepted.hosts, &accepted.info)).await?;
-    record(model)
+    Ok(model)
 }
 
 /// Applies a JSON merge patch to `{cert_pem, key_pem, hosts}`: a renewal sends a new
@@ -120,6 +130,17 @@ pub async fn patch(change: &Change<'_>, id: &str, patch: &serde_json::Value) -> 
     let input: CertificateInput = patched(&current, patch)?;
     let accepted = certificate::validate(&input, Utc::now())?;
     ensure_hosts_free(change.txn(), &accepted.hosts, Some(&model.id)).await?;
+    record(update(change, model, input, &accepted).await?)
+}
+
+/// Replaces a stored certificate with one that [`certificate::validate`] accepted,
+/// without looking at the hosts of the others (the caller does).
+async fn update(
+    change: &Change<'_>,
+    model: certificates::Model,
+    input: CertificateInput,
+    accepted: &certificate::Accepted,
+) -> Result<certificates::Model, StoreError> {
     let mut active: certificates::ActiveModel = model.into();
     active.hosts = Set(to_text(&accepted.hosts));
     active.cert_pem = Set(input.cert_pem);
@@ -127,7 +148,7 @@ pub async fn patch(change: &Change<'_>, id: &str, patch: &serde_json::Value) -> 
     active.updated_at = Set(Utc::now());
     let model = active.update(change.txn()).await?;
     change.audit("certificate.update", "certificate", &model.id, audit_detail(&accepted.hosts, &accepted.info)).await?;
-    record(model)
+    Ok(model)
 }
 
 /// Deletes a certificate; its hosts are no longer served over TLS.
@@ -136,5 +157,77 @@ pub async fn delete(change: &Change<'_>, id: &str) -> Result<(), StoreError> {
     certificates::Entity::delete_by_id(model.id.clone()).exec(change.txn()).await?;
     let hosts: Vec<String> = from_text("certificates.hosts", &model.hosts)?;
     change.audit("certificate.delete", "certificate", &model.id, serde_json::json!({"hosts": hosts})).await?;
+    Ok(())
+}
+
+/// A stored certificate with its key, for the declarative export and import.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub id: String,
+    pub hosts: Vec<String>,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+// The private key must never reach a log line.
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stored").field("id", &self.id).field("hosts", &self.hosts).finish_non_exhaustive()
+    }
+}
+
+/// Every certificate with its key, ordered by hosts (a host has one certificate, so
+/// the order does not depend on ids or on when they were created).
+pub(crate) async fn all_with_keys(db: &impl ConnectionTrait) -> Result<Vec<Stored>, StoreError> {
+    let mut all = certificates::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|m| {
+            Ok(Stored {
+                hosts: from_text("certificates.hosts", &m.hosts)?,
+                id: m.id,
+                cert_pem: m.cert_pem,
+                key_pem: m.key_pem,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    all.sort_by(|a, b| (&a.hosts, &a.id).cmp(&(&b.hosts, &b.id)));
+    Ok(all)
+}
+
+/// Creates (`id` `None`) or replaces a certificate for a declarative import, which
+/// has validated it with [`certificate::validate`] and checks that hosts stay unique
+/// across every certificate with [`ensure_unique_hosts`] once all are written: one
+/// at a time, a host moving from one certificate to another would be refused.
+pub(crate) async fn put_accepted(
+    change: &Change<'_>,
+    id: Option<&str>,
+    input: CertificateInput,
+    accepted: &certificate::Accepted,
+) -> Result<(), StoreError> {
+    match id {
+        None => drop(insert(change, input, accepted).await?),
+        Some(id) => {
+            let model = find(change.txn(), id).await?;
+            drop(update(change, model, input, accepted).await?);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a state where two certificates are presented for the same host.
+pub(crate) async fn ensure_unique_hosts(db: &impl ConnectionTrait) -> Result<(), StoreError> {
+    let mut owner: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for c in all_with_keys(db).await? {
+        for host in c.hosts {
+            if let Some(other) = owner.insert(host.clone(), c.id.clone()) {
+                return Err(StoreError::Conflict(format!(
+                    "host '{host}' would have two certificates ({other} and {})",
+                    c.id
+                )));
+            }
+        }
+    }
     Ok(())
 }

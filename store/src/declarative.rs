@@ -1,27 +1,36 @@
 //! Declarative configuration: the managed state (upstreams, plans, APIs with their
-//! versions and routes) as one document. Export writes it; import makes the store
-//! match it. Import plans every change and checks every reference before writing
-//! anything, then applies the plan in one transaction, so a bad file changes nothing
-//! and importing the same file twice changes nothing the second time. Import never
-//! deletes what the file does not mention.
+//! versions and routes, TLS certificates with their private keys) as one document.
+//! Export writes it; import makes the store match it. Import plans every change and
+//! checks every reference before writing anything, then applies the plan in one
+//! transaction, so a bad file changes nothing and importing the same file twice
+//! changes nothing the second time. Import never deletes what the file does not
+//! mention.
+//!
+//! Certificates have no name: a certificate of the file is the stored one that holds
+//! its first host the store knows (a host has one certificate), or a new one. A
+//! stored certificate whose hosts the file gives to other certificates is deleted,
+//! since a host cannot have two; one whose hosts the file does not mention stays.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 use serde::{Deserialize, Serialize};
+use turnpike_domain::certificate::{self, CertificateInput};
 use turnpike_domain::lifecycle;
 use turnpike_domain::model::{RouteSpec, UpstreamSpec, VersionState, Versioning};
+use turnpike_domain::network::TargetPolicy;
 use turnpike_domain::openapi;
 use turnpike_domain::policy::{self, Policies};
 use turnpike_domain::validate::{self, ValidationError, Validator};
 
 use crate::apis::ApiInput;
+use crate::certificates::Stored;
 use crate::entities::{api_versions, apis as api_rows, plans as plan_rows, routes as route_rows, upstreams as up_rows};
 use crate::json::from_text;
 use crate::plans::PlanInput;
 use crate::versions::{VersionInput, state_of};
-use crate::{Change, StoreError, apis, new_id, plans, upstreams, versions};
+use crate::{Change, StoreError, apis, certificates, new_id, plans, upstreams, versions};
 
 /// The whole managed configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -33,6 +42,41 @@ pub struct Document {
     pub plans: Vec<PlanInput>,
     #[serde(default)]
     pub apis: Vec<ApiDocument>,
+    /// Left out when there are none, so such a file still reads in older versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateDocument>,
+}
+
+/// A TLS certificate the gateway presents, with its private key: the document is a
+/// backup, and a backup must restore the key. A file that holds one is a secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateDocument {
+    /// Host names it is presented for (SNI). Left out, they are the DNS names of the
+    /// certificate's subjectAltName; an export always writes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+    /// PEM: the server certificate first, then any intermediates, in order.
+    pub cert_pem: String,
+    /// PEM private key of the certificate.
+    pub key_pem: String,
+}
+
+// The private key must never reach a log line.
+impl std::fmt::Debug for CertificateDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateDocument").field("hosts", &self.hosts).finish_non_exhaustive()
+    }
+}
+
+impl CertificateDocument {
+    fn input(&self) -> CertificateInput {
+        CertificateInput { cert_pem: self.cert_pem.clone(), key_pem: self.key_pem.clone(), hosts: self.hosts.clone() }
+    }
+
+    fn hosts_text(&self) -> String {
+        self.hosts.as_deref().map(|h| h.join(", ")).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,7 +202,12 @@ pub async fn export(db: &impl ConnectionTrait) -> Result<Document, StoreError> {
             versions,
         });
     }
-    Ok(Document { upstreams, plans, apis })
+    let certificates = certificates::all_with_keys(db)
+        .await?
+        .into_iter()
+        .map(|c| CertificateDocument { hosts: Some(c.hosts), cert_pem: c.cert_pem, key_pem: c.key_pem })
+        .collect();
+    Ok(Document { upstreams, plans, apis, certificates })
 }
 
 /// One planned change, in the order it will be applied.
@@ -176,6 +225,20 @@ pub enum Step {
         version: Box<VersionDocument>,
         exists: bool,
         changes: Vec<String>,
+    },
+    /// A certificate whose hosts (resolved from the certificate if the file left them
+    /// out) the store does not have.
+    CreateCertificate(Box<CertificateDocument>),
+    /// Replaces the stored certificate `id`; `changes` says what differs.
+    UpdateCertificate {
+        id: String,
+        certificate: Box<CertificateDocument>,
+        changes: Vec<String>,
+    },
+    /// Deletes the stored certificate `id`, whose hosts the file gives to others.
+    DeleteCertificate {
+        id: String,
+        hosts: Vec<String>,
     },
 }
 
@@ -199,6 +262,13 @@ impl std::fmt::Display for Step {
             }
             Step::PutVersion { api_slug, version, exists: true, changes } => {
                 write!(f, "~ version {api_slug}/{}: {}", version.label, changes.join(", "))
+            }
+            Step::CreateCertificate(c) => write!(f, "+ certificate {}", c.hosts_text()),
+            Step::UpdateCertificate { certificate, changes, .. } => {
+                write!(f, "~ certificate {}: {}", certificate.hosts_text(), changes.join(", "))
+            }
+            Step::DeleteCertificate { hosts, .. } => {
+                write!(f, "- certificate {} (the file gives its hosts to other certificates)", hosts.join(", "))
             }
         }
     }
@@ -233,10 +303,15 @@ fn duplicates<'a>(v: &mut Validator, what: &str, names: impl Iterator<Item = (St
 
 /// Checks the document on its own: every value valid, no duplicates, references
 /// between its parts resolvable (given the names that exist in the store).
-fn check_document(doc: &Document, stored_upstreams: &BTreeSet<String>) -> Result<(), StoreError> {
+fn check_document(
+    doc: &Document,
+    stored_upstreams: &BTreeSet<String>,
+    targets: &TargetPolicy,
+) -> Result<(), StoreError> {
     let mut v = Validator::new();
     for (i, u) in doc.upstreams.iter().enumerate() {
         v.check_all(prefixed(&format!("upstreams[{i}]"), validate::upstream(u)));
+        v.check_all(prefixed(&format!("upstreams[{i}]"), validate::upstream_targets(u, targets)));
     }
     duplicates(
         &mut v,
@@ -355,12 +430,117 @@ fn reachable(from: VersionState, to: VersionState) -> bool {
     seen.contains(&to)
 }
 
+/// Checks the document's certificates with the admin API's rules and works out the
+/// steps that make the store's certificates match them (see the module's notes on
+/// how a certificate of the file finds its stored one). Returns the steps and the
+/// number of certificates that already match.
+fn plan_certificates(
+    doc: &[CertificateDocument],
+    stored: &[Stored],
+    now: DateTime<Utc>,
+) -> Result<(Vec<Step>, usize), Vec<ValidationError>> {
+    let mut errors = Vec::new();
+    // Each certificate of the file with the hosts it will have, once valid.
+    let mut resolved: Vec<(usize, Vec<String>)> = Vec::new();
+    for (i, c) in doc.iter().enumerate() {
+        // One the store holds as it is stays valid for as long as the store keeps it
+        // (the admin API does not look at a certificate it is not given either), so
+        // one that expired since it was uploaded does not block the rest of the file.
+        if let Some(hosts) = &c.hosts
+            && stored.iter().any(|s| s.hosts == *hosts && s.cert_pem == c.cert_pem && s.key_pem == c.key_pem)
+        {
+            resolved.push((i, hosts.clone()));
+            continue;
+        }
+        match certificate::validate(&c.input(), now) {
+            Ok(accepted) => resolved.push((i, accepted.hosts)),
+            Err(invalid) => {
+                // Named by position and, when the file gives them, by hosts.
+                let named = match &c.hosts {
+                    Some(hosts) if !hosts.is_empty() => format!(" (certificate for {})", hosts.join(", ")),
+                    _ => String::new(),
+                };
+                errors.extend(invalid.into_iter().map(|e| {
+                    ValidationError::new(format!("certificates[{i}].{}", e.field), format!("{}{named}", e.message))
+                }));
+            }
+        }
+    }
+    let mut first_with: HashMap<&str, usize> = HashMap::new();
+    for (i, hosts) in &resolved {
+        for host in hosts {
+            if let Some(first) = first_with.insert(host, *i)
+                && first != *i
+            {
+                errors.push(ValidationError::new(
+                    format!("certificates[{i}].hosts"),
+                    format!("'{host}' is also a host of certificates[{first}]; a host has one certificate"),
+                ));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+
+    let owner: HashMap<&str, usize> =
+        stored.iter().enumerate().flat_map(|(k, s)| s.hosts.iter().map(move |h| (h.as_str(), k))).collect();
+    let mut claimed = vec![false; stored.len()];
+    let (mut updates, mut creates, mut unchanged) = (Vec::new(), Vec::new(), 0);
+    for (i, hosts) in &resolved {
+        let wanted = CertificateDocument { hosts: Some(hosts.clone()), ..doc[*i].clone() };
+        let Some(k) = hosts.iter().filter_map(|h| owner.get(h.as_str()).copied()).find(|k| !claimed[*k]) else {
+            creates.push(Step::CreateCertificate(Box::new(wanted)));
+            continue;
+        };
+        claimed[k] = true;
+        let old = &stored[k];
+        let mut changes = Vec::new();
+        if old.hosts != *hosts {
+            changes.push(format!("hosts [{}] -> [{}]", old.hosts.join(", "), hosts.join(", ")));
+        }
+        if old.cert_pem != wanted.cert_pem {
+            changes.push("certificate".to_owned());
+        }
+        if old.key_pem != wanted.key_pem {
+            changes.push("key".to_owned());
+        }
+        if changes.is_empty() {
+            unchanged += 1;
+        } else {
+            updates.push(Step::UpdateCertificate { id: old.id.clone(), certificate: Box::new(wanted), changes });
+        }
+    }
+    // A stored certificate that lost a host to another certificate of the file goes.
+    let deletes = stored
+        .iter()
+        .zip(&claimed)
+        .filter(|(s, claimed)| !**claimed && s.hosts.iter().any(|h| first_with.contains_key(h.as_str())))
+        .map(|(s, _)| Step::DeleteCertificate { id: s.id.clone(), hosts: s.hosts.clone() });
+    let steps = deletes.chain(updates).chain(creates).collect();
+    Ok((steps, unchanged))
+}
+
 /// Works out what importing `doc` would change, refusing the whole document if any
-/// part of it is invalid or cannot be reached from the current state.
-pub async fn plan(db: &impl ConnectionTrait, doc: &Document) -> Result<Plan, StoreError> {
+/// part of it is invalid or cannot be reached from the current state. Upstream
+/// targets are judged by `targets` (the operator's policy: [`Change::target_policy`]),
+/// so a dry run refuses what the import would.
+pub async fn plan(db: &impl ConnectionTrait, doc: &Document, targets: &TargetPolicy) -> Result<Plan, StoreError> {
     let current = export(db).await?;
     let stored_upstreams: BTreeSet<String> = current.upstreams.iter().map(|u| u.name.clone()).collect();
-    check_document(doc, &stored_upstreams)?;
+    let stored_certificates = certificates::all_with_keys(db).await?;
+    let (certificate_steps, certificates_unchanged) = match (
+        check_document(doc, &stored_upstreams, targets),
+        plan_certificates(&doc.certificates, &stored_certificates, Utc::now()),
+    ) {
+        (Ok(()), Ok(planned)) => planned,
+        (Err(StoreError::Invalid(mut errors)), Err(more)) => {
+            errors.extend(more);
+            return Err(StoreError::Invalid(errors));
+        }
+        (Err(e), _) => return Err(e),
+        (Ok(()), Err(errors)) => return Err(StoreError::Invalid(errors)),
+    };
     let mut plan = Plan::default();
     let mut note = |step: Option<Step>| match step {
         Some(step) => plan.steps.push(step),
@@ -477,6 +657,8 @@ pub async fn plan(db: &impl ConnectionTrait, doc: &Document) -> Result<Plan, Sto
     if !errors.is_empty() {
         return Err(StoreError::Invalid(errors));
     }
+    plan.steps.extend(certificate_steps);
+    plan.unchanged += certificates_unchanged;
     Ok(plan)
 }
 
@@ -545,7 +727,14 @@ pub async fn apply(change: &Change<'_>, plan: &Plan) -> Result<(), StoreError> {
                     successors.push((api, id, successor.clone()));
                 }
             }
+            Step::CreateCertificate(c) => put_certificate(change, None, c).await?,
+            Step::UpdateCertificate { id, certificate, .. } => put_certificate(change, Some(id), certificate).await?,
+            Step::DeleteCertificate { id, .. } => certificates::delete(change, id).await?,
         }
+    }
+    // Checked once all are written: a host may move from one certificate to another.
+    if plan.steps.iter().any(|s| matches!(s, Step::CreateCertificate(_) | Step::UpdateCertificate { .. })) {
+        certificates::ensure_unique_hosts(db).await?;
     }
     // Successors may be created later in the file than the versions naming them.
     for (api, id, successor) in successors {
@@ -559,6 +748,13 @@ pub async fn apply(change: &Change<'_>, plan: &Plan) -> Result<(), StoreError> {
         active.update(db).await?;
     }
     Ok(())
+}
+
+/// Writes a certificate of the plan, validated again as it is written.
+async fn put_certificate(change: &Change<'_>, id: Option<&str>, c: &CertificateDocument) -> Result<(), StoreError> {
+    let input = c.input();
+    let accepted = certificate::validate(&input, Utc::now())?;
+    certificates::put_accepted(change, id, input, &accepted).await
 }
 
 /// Sets a version's state, dates, document and routes to the file's. States are
@@ -641,9 +837,17 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             let parsed = yaml_serde::from_str::<Document>(&text);
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            assert_eq!(parsed.is_ok(), name == "minimal.yaml", "{name}: {:?}", parsed.err());
+            let valid = ["minimal.yaml", "certificates.yaml"].contains(&name.as_str());
+            assert_eq!(parsed.is_ok(), valid, "{name}: {:?}", parsed.err());
+            if name == "certificates.yaml" {
+                let doc = parsed.unwrap();
+                assert_eq!(doc.certificates.len(), 2);
+                assert_eq!(doc.certificates[0].hosts.as_deref(), Some(&["api.example.com".to_owned()][..]));
+                assert!(doc.certificates[1].hosts.is_none() && doc.certificates[1].key_pem.contains("PRIVATE KEY"));
+                assert!(!format!("{doc:?}").contains("PRIVATE KEY"), "Debug shows a key");
+            }
             seen += 1;
         }
-        assert!(seen >= 6, "corpus went missing");
+        assert!(seen >= 8, "corpus went missing");
     }
 }

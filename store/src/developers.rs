@@ -81,6 +81,7 @@ pub async fn create(change: &Change<'_>, mut input: DeveloperInput) -> Result<De
         name: Set(input.name.clone()),
         created_at: Set(now),
         updated_at: Set(now),
+        email_verified_at: Set(None),
     }
     .insert(change.txn())
     .await?;

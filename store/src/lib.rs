@@ -18,6 +18,7 @@ pub mod subscriptions;
 mod error;
 mod json;
 pub mod plans;
+pub mod portal;
 pub mod routes;
 pub mod snapshots;
 pub mod tokens;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::sync::{Mutex, MutexGuard};
+use turnpike_domain::network::TargetPolicy;
 use turnpike_domain::snapshot::Snapshot;
 
 pub use error::StoreError;
@@ -44,6 +46,9 @@ pub struct Store {
     /// Serializes changes within this process so snapshot versions are allocated in
     /// order; across processes the snapshot table's primary key does the same.
     write_lock: Mutex<()>,
+    /// Which upstream target addresses changes may save; every one unless the
+    /// operator chose ([`Store::with_target_policy`]).
+    target_policy: TargetPolicy,
 }
 
 impl Store {
@@ -52,7 +57,18 @@ impl Store {
         let mut opts = ConnectOptions::new(url.to_owned());
         opts.max_connections(max_connections).sqlx_logging(false);
         let db = Database::connect(opts).await?;
-        Ok(Store { db, write_lock: Mutex::new(()) })
+        Ok(Store { db, write_lock: Mutex::new(()), target_policy: TargetPolicy::allow_all() })
+    }
+
+    /// Refuses upstream targets naming an address `policy` does not allow (see
+    /// `turnpike_domain::validate::upstream_targets`).
+    pub fn with_target_policy(mut self, policy: TargetPolicy) -> Store {
+        self.target_policy = policy;
+        self
+    }
+
+    pub fn target_policy(&self) -> &TargetPolicy {
+        &self.target_policy
     }
 
     /// Applies pending migrations.
@@ -71,7 +87,7 @@ impl Store {
     pub async fn change(&self, actor: &Actor) -> Result<Change<'_>, StoreError> {
         let guard = self.write_lock.lock().await;
         let txn = self.db.begin().await?;
-        Ok(Change { txn, actor: actor.clone(), _guard: guard })
+        Ok(Change { txn, actor: actor.clone(), target_policy: &self.target_policy, _guard: guard })
     }
 }
 
@@ -79,6 +95,7 @@ impl Store {
 pub struct Change<'a> {
     txn: DatabaseTransaction,
     actor: Actor,
+    target_policy: &'a TargetPolicy,
     _guard: MutexGuard<'a, ()>,
 }
 
@@ -89,6 +106,11 @@ impl Change<'_> {
 
     pub fn actor(&self) -> &Actor {
         &self.actor
+    }
+
+    /// The store's policy for upstream target addresses.
+    pub fn target_policy(&self) -> &TargetPolicy {
+        self.target_policy
     }
 
     /// Records an audit entry inside the change's transaction.

@@ -62,8 +62,15 @@ async fn ensure_name_free(db: &impl ConnectionTrait, name: &str, except: Option<
     Ok(())
 }
 
+/// Every rule of an upstream, the operator's target policy included.
+fn check(change: &Change<'_>, spec: &UpstreamSpec) -> Result<(), StoreError> {
+    let mut v = validate::Validator::new();
+    v.check_all(validate::upstream(spec)).check_all(validate::upstream_targets(spec, change.target_policy()));
+    Ok(v.finish()?)
+}
+
 pub async fn create(change: &Change<'_>, spec: UpstreamSpec) -> Result<UpstreamRecord, StoreError> {
-    validate::upstream(&spec)?;
+    check(change, &spec)?;
     ensure_name_free(change.txn(), &spec.name, None).await?;
     let now = Utc::now();
     let model = upstreams::ActiveModel {
@@ -81,7 +88,7 @@ pub async fn create(change: &Change<'_>, spec: UpstreamSpec) -> Result<UpstreamR
 
 /// Replaces the upstream's definition with `spec`.
 pub async fn replace(change: &Change<'_>, id_or_name: &str, spec: UpstreamSpec) -> Result<UpstreamRecord, StoreError> {
-    validate::upstream(&spec)?;
+    check(change, &spec)?;
     let model = find(change.txn(), id_or_name).await?;
     ensure_name_free(change.txn(), &spec.name, Some(&model.id)).await?;
     let mut active: upstreams::ActiveModel = model.into();

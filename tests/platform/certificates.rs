@@ -15,31 +15,31 @@ use tokio_rustls::TlsConnector;
 use crate::support::{Reply, TestApp, accepted, on_both_stores, refused};
 
 /// A CA made for one test.
-struct TestCa {
+pub(crate) struct TestCa {
     cert: rcgen::Certificate,
     key: KeyPair,
 }
 
 /// A certificate with its key, as uploaded.
-struct Issued {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
+pub(crate) struct Issued {
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
+    pub(crate) der: CertificateDer<'static>,
 }
 
 impl Issued {
-    fn body(&self) -> Value {
+    pub(crate) fn body(&self) -> Value {
         json!({"cert_pem": self.cert_pem, "key_pem": self.key_pem})
     }
 
     /// One line of the key's base64: what a leak of the key would contain.
-    fn key_line(&self) -> &str {
+    pub(crate) fn key_line(&self) -> &str {
         self.key_pem.lines().nth(1).unwrap()
     }
 }
 
 impl TestCa {
-    fn new() -> TestCa {
+    pub(crate) fn new() -> TestCa {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -47,15 +47,21 @@ impl TestCa {
         TestCa { cert: params.self_signed(&key).unwrap(), key }
     }
 
-    fn issue(&self, names: &[&str]) -> Issued {
+    pub(crate) fn issue(&self, names: &[&str]) -> Issued {
+        self.issue_with(names, |_| {})
+    }
+
+    /// Issues a certificate for `names` with `adjust` applied to its parameters.
+    pub(crate) fn issue_with(&self, names: &[&str], adjust: impl FnOnce(&mut CertificateParams)) -> Issued {
         let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+        adjust(&mut params);
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }
     }
 
     /// The certificate the gateway presents for `sni`, or `None` if the handshake fails.
-    async fn presented(&self, addr: SocketAddr, sni: &str) -> Option<CertificateDer<'static>> {
+    pub(crate) async fn presented(&self, addr: SocketAddr, sni: &str) -> Option<CertificateDer<'static>> {
         let mut roots = RootCertStore::empty();
         roots.add(self.cert.der().clone()).unwrap();
         let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -74,7 +80,7 @@ impl TestCa {
 }
 
 /// The gateway's TLS listener on the app's gateway configuration.
-async fn tls_listener(app: &TestApp) -> SocketAddr {
+pub(crate) async fn tls_listener(app: &TestApp) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let settings = turnpike_gateway::Settings::default();

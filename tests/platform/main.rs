@@ -16,5 +16,6 @@ mod key_auth;
 mod lifecycle;
 mod openapi_document;
 mod openapi_import;
+mod ssrf;
 mod validation;
 mod versioning;

@@ -133,13 +133,13 @@ on_both_stores! {
         let parsed: Document = yaml_serde::from_str(&yaml).unwrap();
         assert_eq!(parsed, doc);
         let change = app.store.change(&Actor("test".into())).await.unwrap();
-        let plan = declarative::plan(change.txn(), &parsed).await.unwrap();
+        let plan = declarative::plan(change.txn(), &parsed, change.target_policy()).await.unwrap();
         assert!(plan.steps.is_empty(), "{:?}", plan.steps);
 
         // Dropping the selector from the file is a change of the API.
         let mut path_only = doc.clone();
         path_only.apis[0].versioning = Versioning::Path;
-        let plan = declarative::plan(change.txn(), &path_only).await.unwrap();
+        let plan = declarative::plan(change.txn(), &path_only, change.target_policy()).await.unwrap();
         assert_eq!(plan.steps.iter().map(ToString::to_string).collect::<Vec<_>>(), ["~ api pets"]);
         assert!(!yaml_serde::to_string(&path_only).unwrap().contains("versioning"), "path is the default, left out");
 
@@ -147,11 +147,30 @@ on_both_stores! {
         let mut clash = doc.clone();
         let Versioning::Header(selector) = &mut clash.apis[0].versioning else { panic!("a header selector") };
         selector.base_path = "/pets/v2".into();
-        match declarative::plan(change.txn(), &clash).await {
+        match declarative::plan(change.txn(), &clash, change.target_policy()).await {
             Err(StoreError::Invalid(errors)) => {
                 assert!(errors.iter().any(|e| e.field == "apis[0].versioning.base_path"), "{errors:?}")
             }
             other => panic!("expected a refusal, got {:?}", other.map(|p| p.steps)),
         }
+    }
+}
+
+on_both_stores! {
+    async fn pollers_load_a_snapshot_only_when_a_newer_one_is_stored(app) {
+        use turnpike_store::snapshots::{latest, newer_than};
+        let db = app.store.db();
+        let first = latest(db).await.unwrap().expect("a snapshot exists");
+        assert!(newer_than(db, first.version).await.unwrap().is_none(), "nothing is newer than the newest");
+        assert!(newer_than(db, first.version + 5).await.unwrap().is_none());
+        assert_eq!(newer_than(db, 0).await.unwrap().expect("the newest").version, first.version);
+
+        let upstream = Upstream::start("poll").await;
+        app.draft_api("poll", &upstream.url).await;
+        accepted(&app, app.post("/admin/v1/apis/poll/versions/v1/publish", serde_json::json!({}))).await.expect(200);
+        let newer = newer_than(db, first.version).await.unwrap().expect("publishing stored a newer snapshot");
+        assert!(newer.version > first.version);
+        assert_eq!(newer.version, latest(db).await.unwrap().unwrap().version, "the newest, not just any newer one");
+        assert_eq!(newer.checksum, newer.content.checksum(), "read whole");
     }
 }

@@ -310,25 +310,27 @@ impl<IO> Guard<IO> {
     }
 
     /// Polls the running timeout; `Some` when it has expired.
+    ///
+    /// One timer serves the whole connection and is re-armed lazily: a deadline later
+    /// than the armed one (the usual case: every request moves the idle deadline on)
+    /// leaves it be, and when it fires early it is moved to the deadline then
+    /// current. So a busy keep-alive connection touches the timer wheel about once
+    /// per timeout period, not once per request.
     fn poll_timeout(&mut self, cx: &mut Context<'_>) -> Option<Timeout> {
-        let Some((deadline, kind)) = self.current_timeout() else {
-            self.timer = None;
-            return None;
-        };
-        match &mut self.timer {
-            Some((at, _)) if *at == deadline => {}
-            Some((at, sleep)) => {
-                *at = deadline;
-                sleep.as_mut().reset(deadline);
+        let (deadline, kind) = self.current_timeout()?;
+        let (armed, sleep) = self.timer.get_or_insert_with(|| (deadline, Box::pin(tokio::time::sleep_until(deadline))));
+        if *armed > deadline {
+            *armed = deadline;
+            sleep.as_mut().reset(deadline);
+        }
+        while sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Some(kind);
             }
-            None => self.timer = Some((deadline, Box::pin(tokio::time::sleep_until(deadline)))),
+            *armed = deadline;
+            sleep.as_mut().reset(deadline);
         }
-        let (_, sleep) = self.timer.as_mut().expect("just set");
-        if sleep.as_mut().poll(cx).is_pending() {
-            return None;
-        }
-        self.timer = None;
-        Some(kind)
+        None
     }
 }
 

@@ -102,6 +102,9 @@ impl HeadParser {
         match line.iter().position(|&b| b == b' ') {
             None if line.len() > MAX_METHOD => Err(Rejection::Malformed("the method is too long")),
             None => Ok(()),
+            // Also when the whole line came at once, so the outcome never depends on
+            // how the bytes were split.
+            Some(sp) if sp > MAX_METHOD => Err(Rejection::Malformed("the method is too long")),
             Some(sp) => {
                 let rest = &line[sp + 1..];
                 let target = rest.iter().position(|&b| b == b' ').map_or(rest, |end| &rest[..end]);
@@ -222,6 +225,112 @@ pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// The `http_head` fuzz target and the replay of its seed corpus (`fuzz/`,
+/// `gateway/tests/corpus.rs`); not an API. Reads `data` as the start of a connection,
+/// under small limits and under the defaults, whole and fed in pieces as the guard
+/// feeds it, and panics when the readings disagree or an accepted head breaks what
+/// acceptance promises. Returns the length of the head accepted under the default
+/// limits (`None` while incomplete), or why it was refused.
+#[doc(hidden)]
+pub fn fuzz_head(data: &[u8]) -> Result<Option<usize>, Rejection> {
+    const SMALL: HeadLimits = HeadLimits { max_bytes: 256, max_headers: 4, max_uri: 40 };
+    let defaults = crate::settings::Settings::default();
+    let default = HeadLimits {
+        max_bytes: defaults.max_header_bytes,
+        max_headers: defaults.max_headers,
+        max_uri: defaults.max_uri_bytes,
+    };
+    // Small pieces, their size taken from the input so the fuzzer explores where reads
+    // split the head, then reads of 4 KiB (keeping a run over a long input short).
+    let step = data.first().map_or(1, |b| usize::from(b % 16) + 1);
+    let small = data.len().min(512);
+    let mut outcome = Ok(None);
+    for limits in [SMALL, default] {
+        let whole = HeadParser::default().parse(data, &limits);
+        let mut parser = HeadParser::default();
+        let mut pieces = Ok(None);
+        for end in (step..small).step_by(step).chain((small..data.len()).step_by(4096)).chain([data.len()]) {
+            pieces = parser.parse(&data[..end], &limits);
+            if !matches!(pieces, Ok(None)) {
+                break;
+            }
+        }
+        match (&whole, &pieces) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "read whole and in pieces of {step}"),
+            (Err(_), Err(_)) => {}
+            _ => panic!("read whole: {whole:?}; in pieces of {step}: {pieces:?}"),
+        }
+        if let Ok(Some((len, head))) = whole {
+            fuzzing::check_accepted(&data[..len], head, &limits);
+        }
+        outcome = whole.map(|read| read.map(|(len, _)| len));
+    }
+    outcome
+}
+
+/// An independent, plain reading of an accepted head, for [`fuzz_head`].
+mod fuzzing {
+    use super::*;
+
+    /// Panics unless `head` (the bytes accepted) is what the parser promises to accept.
+    pub(super) fn check_accepted(bytes: &[u8], head: Head, limits: &HeadLimits) {
+        assert!(bytes.len() <= limits.max_bytes, "longer than the limit");
+        assert!(bytes.ends_with(b"\r\n\r\n"), "not ended by an empty line");
+        for (i, &b) in bytes.iter().enumerate() {
+            assert_ne!(b, 0, "NUL at {i}");
+            assert!(b != b'\n' || (i > 0 && bytes[i - 1] == b'\r'), "bare LF at {i}");
+            assert!(b != b'\r' || bytes.get(i + 1) == Some(&b'\n'), "bare CR at {i}");
+        }
+        let text = &bytes[..bytes.len() - 4];
+        let mut lines = text.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let request_line = lines.by_ref().find(|l| !l.is_empty()).expect("a request line");
+        let parts: Vec<&[u8]> = request_line.split(|&b| b == b' ').collect();
+        let [method, target, version] = parts[..] else { panic!("request line {request_line:?}") };
+        assert!(!method.is_empty() && method.len() <= MAX_METHOD && method.iter().all(|&b| is_tchar(b)));
+        assert_ne!(method, b"CONNECT");
+        assert!(!target.is_empty() && target.len() <= limits.max_uri);
+        assert!(target.iter().all(|b| (0x21..=0x7e).contains(b)));
+        let http11 = match version {
+            b"HTTP/1.1" => true,
+            b"HTTP/1.0" => false,
+            other => panic!("version {other:?}"),
+        };
+        let (mut fields, mut lengths, mut codings, mut hosts, mut upgrade) = (0, Vec::new(), Vec::new(), 0, false);
+        for line in lines {
+            fields += 1;
+            assert!(!matches!(line.first(), Some(b' ' | b'\t')), "folded line");
+            let colon = line.iter().position(|&b| b == b':').expect("a colon");
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            assert!(!name.is_empty() && name.iter().all(|&b| is_tchar(b)), "name {name:?}");
+            match name.to_ascii_lowercase().as_slice() {
+                b"content-length" => lengths.push(value),
+                b"transfer-encoding" => codings.push(value),
+                b"host" => hosts += 1,
+                b"upgrade" => upgrade = true,
+                _ => {}
+            }
+        }
+        assert!(fields <= limits.max_headers, "{fields} fields");
+        assert!(lengths.len() <= 1 && codings.len() <= 1, "repeated framing fields");
+        assert!(lengths.is_empty() || codings.is_empty(), "Content-Length with Transfer-Encoding");
+        assert!(if http11 { hosts == 1 } else { hosts <= 1 }, "{hosts} Host fields");
+        let length = lengths.first().map(|v| {
+            assert!(!v.is_empty() && v.iter().all(u8::is_ascii_digit), "Content-Length {v:?}");
+            std::str::from_utf8(v).unwrap().parse::<u64>().expect("a Content-Length that fits")
+        });
+        let expected = match (codings.first(), length) {
+            (Some(coding), None) => {
+                assert!(coding.eq_ignore_ascii_case(b"chunked") && http11, "coding {coding:?}");
+                Framing::Chunked
+            }
+            (None, None | Some(0)) => Framing::Empty,
+            (None, Some(n)) => Framing::Length(n),
+            (Some(_), Some(_)) => unreachable!(),
+        };
+        assert_eq!(head, Head { framing: expected, upgrade: upgrade && http11 });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +439,9 @@ mod tests {
         let unterminated = format!("GET / HTTP/1.1\r\nHost: x\r\nX-A: {}", "v".repeat(256));
         assert_eq!(refused(&unterminated), Rejection::HeadTooLarge, "refused before the line ends");
         assert!(matches!(refused(&"A".repeat(33)), Rejection::Malformed(_)));
+        assert!(matches!(
+            refused(&format!("{} / HTTP/1.1\r\nHost: x\r\n\r\n", "A".repeat(33))),
+            Rejection::Malformed(_)
+        ));
     }
 }
