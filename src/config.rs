@@ -75,6 +75,10 @@ pub struct GatewayConfig {
     /// managed through the admin API); no TLS listener when unset.
     #[serde(deserialize_with = "values::de_opt_socket_addr")]
     pub tls_listen: Option<SocketAddr>,
+    /// Where API consumers reach the gateway (`https://api.example.com`): the portal's interactive
+    /// docs send requests there. `None` means `http://` the listen address; use
+    /// [`GatewayConfig::public_url`] to get the resolved URL.
+    pub public_url: Option<turnpike_portal::PublicUrl>,
     /// Peers (load balancers, CDNs) whose `X-Forwarded-*` and `Forwarded` headers are believed;
     /// everyone else's are replaced.
     pub trusted_proxies: Vec<turnpike_gateway::Cidr>,
@@ -178,12 +182,14 @@ impl PortalConfig {
         self.public_url.clone().unwrap_or_else(|| turnpike_portal::PublicUrl::from_listen(self.listen))
     }
 
-    /// The portal's settings.
-    pub fn settings(&self) -> turnpike_portal::Settings {
+    /// The portal's settings; `gateway_url` is where the interactive docs send requests
+    /// ([`Config::portal_settings`] passes the gateway's public URL).
+    pub fn settings(&self, gateway_url: turnpike_portal::PublicUrl) -> turnpike_portal::Settings {
         turnpike_portal::Settings {
             public_url: self.public_url(),
             smtp_url: self.smtp_url.clone(),
             smtp_from: self.smtp_from.clone(),
+            gateway_url,
         }
     }
 }
@@ -249,6 +255,7 @@ impl Default for GatewayConfig {
             listen: localhost(8000),
             status_listen: localhost(8002),
             tls_listen: None,
+            public_url: None,
             trusted_proxies: proxy.trusted_proxies,
             max_header_bytes: proxy.max_header_bytes,
             max_headers: proxy.max_headers,
@@ -265,6 +272,11 @@ impl Default for GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The configured public URL, or `http://` the listen address.
+    pub fn public_url(&self) -> turnpike_portal::PublicUrl {
+        self.public_url.clone().unwrap_or_else(|| turnpike_portal::PublicUrl::from_listen(self.listen))
+    }
+
     /// The proxy listener's settings.
     pub fn proxy_settings(&self) -> turnpike_gateway::Settings {
         turnpike_gateway::Settings {
@@ -373,6 +385,11 @@ impl Config {
             Some(url) => url.as_str().to_owned(),
             None => sqlite_url(&self.data_dir.join(SQLITE_FILE)),
         }
+    }
+
+    /// The portal's settings, with the gateway's public URL for the interactive docs.
+    pub fn portal_settings(&self) -> turnpike_portal::Settings {
+        self.portal.settings(self.gateway.public_url())
     }
 
     /// The gateway's last-known-good snapshot file, resolving the `data_dir` default.
@@ -600,6 +617,7 @@ mod tests {
                 ("TURNPIKE_GATEWAY_LISTEN", "127.0.0.1:1"),
                 ("TURNPIKE_GATEWAY_STATUS_LISTEN", "127.0.0.1:2"),
                 ("TURNPIKE_GATEWAY_TLS_LISTEN", "127.0.0.1:5"),
+                ("TURNPIKE_GATEWAY_PUBLIC_URL", "https://api.example.com"),
                 ("TURNPIKE_GATEWAY_TRUSTED_PROXIES", "10.0.0.0/8, ::1"),
                 ("TURNPIKE_GATEWAY_MAX_HEADER_BYTES", "8192"),
                 ("TURNPIKE_GATEWAY_MAX_HEADERS", "50"),
@@ -632,6 +650,7 @@ mod tests {
                 listen: localhost(1),
                 status_listen: localhost(2),
                 tls_listen: Some(localhost(5)),
+                public_url: Some("https://api.example.com".parse().unwrap()),
                 trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()],
                 max_header_bytes: 8192,
                 max_headers: 50,
@@ -990,9 +1009,10 @@ mod tests {
     fn portal_options_are_checked() {
         let config = load("", &[("TURNPIKE_PORTAL_LISTEN", "0.0.0.0:9003")]).unwrap();
         assert_eq!(config.portal.public_url().as_str(), "http://127.0.0.1:9003");
-        assert!(config.portal.settings().smtp_url.is_none());
+        assert!(config.portal_settings().smtp_url.is_none());
+        assert_eq!(config.portal_settings().gateway_url.as_str(), "http://127.0.0.1:8000");
         let file = "[portal]\npublic_url = \"https://portal.example.com/\"\nsmtp_url = \"smtp://127.0.0.1:2525\"\n";
-        let settings = load(file, &[]).unwrap().portal.settings();
+        let settings = load(file, &[]).unwrap().portal_settings();
         assert_eq!(settings.public_url.as_str(), "https://portal.example.com");
         assert!(settings.public_url.is_https());
         assert_eq!(settings.smtp_url.unwrap().as_str(), "smtp://127.0.0.1:2525");

@@ -310,7 +310,8 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
         let listener = take("portal.listen");
         urls.push(format!("portal        http://{}", listener.local_addr()?));
         let store = store.clone().expect("the portal opens the store at start");
-        let portal = turnpike_portal::PortalState::new(store, hasher.clone(), config.portal.settings())?;
+        let publisher = turnpike_store::publish::Publisher::new(store.clone(), bus.clone(), credentials.clone());
+        let portal = turnpike_portal::PortalState::new(store, hasher.clone(), config.portal_settings(), publisher)?;
         let shutdown = on_shutdown(&stop_rx);
         tasks.spawn(async move { Ok(turnpike_portal::serve(listener, portal, shutdown).await?) });
     }

@@ -16,7 +16,8 @@ use axum::http::StatusCode;
 use turnpike_bus::ConfigBus;
 use turnpike_bus::credentials::InProcessCredentials;
 use turnpike_domain::secrets::KeyHasher;
-use turnpike_store::{Change, Store, credentials};
+use turnpike_store::publish::Publisher;
+use turnpike_store::{Change, Store};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -32,6 +33,8 @@ pub struct Inner {
     pub hasher: KeyHasher,
     /// The gateway's credential table in this process, refreshed after every change.
     pub credentials: Arc<InProcessCredentials>,
+    /// Commits changes and publishes them to the bus and the credential table.
+    pub publisher: Publisher,
 }
 
 impl std::ops::Deref for AdminState {
@@ -48,7 +51,8 @@ impl AdminState {
         hasher: KeyHasher,
         credentials: Arc<InProcessCredentials>,
     ) -> Self {
-        AdminState(Arc::new(Inner { store, bus, hasher, credentials }))
+        let publisher = Publisher::new(store.clone(), bus.clone(), credentials.clone());
+        AdminState(Arc::new(Inner { store, bus, hasher, credentials, publisher }))
     }
 
     /// Runs `f` as one change by `admin`: one transaction, its audit records, and the
@@ -64,24 +68,10 @@ impl AdminState {
         Ok(out)
     }
 
-    /// Commits a change and publishes the snapshot it produced, if any. A failed
-    /// publish is logged, not returned: the change is durable and the snapshot is
-    /// stored, so the next publish (or a gateway's next read) catches up.
+    /// Commits a change, publishes the snapshot it produced and reloads the
+    /// credentials: the shared path in [`Publisher::commit`].
     pub async fn commit(&self, change: Change<'_>) -> Result<(), Problem> {
-        if let Some(snapshot) = change.commit().await? {
-            let version = snapshot.version;
-            if let Err(e) = self.bus.publish(snapshot).await {
-                tracing::warn!(version, error = %e, "snapshot stored but not published");
-            }
-        }
-        // Keys, subscriptions and their owners may have changed: the gateway must see
-        // a new key or a revocation at once. A failure here leaves the periodic reload
-        // of the binary to catch up.
-        match credentials::load_all(self.store.db()).await {
-            Ok(all) => self.credentials.replace_all(all),
-            Err(e) => tracing::warn!(error = %e, "credentials not refreshed after a change"),
-        }
-        Ok(())
+        Ok(self.publisher.commit(change).await?)
     }
 }
 

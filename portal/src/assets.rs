@@ -11,8 +11,22 @@ use crate::PortalState;
 use crate::pages::PageError;
 
 /// Path under `/static/`, content type, contents.
-const ASSETS: &[(&str, &str, &[u8])] =
-    &[("portal.css", "text/css; charset=utf-8", include_bytes!("../../static/portal/portal.css"))];
+const ASSETS: &[(&str, &str, &[u8])] = &[
+    ("portal.css", "text/css; charset=utf-8", include_bytes!("../../static/portal/portal.css")),
+    ("portal-copy.js", "text/javascript; charset=utf-8", include_bytes!("../../static/portal/portal-copy.js")),
+    // The interactive reference docs (catalog.rs): Swagger UI, vendored, and its start-up script.
+    ("docs.js", "text/javascript; charset=utf-8", include_bytes!("../../static/portal/docs.js")),
+    (
+        "vendor/swagger-ui/swagger-ui-bundle.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/vendor/swagger-ui/swagger-ui-bundle.js"),
+    ),
+    (
+        "vendor/swagger-ui/swagger-ui.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../static/vendor/swagger-ui/swagger-ui.css"),
+    ),
+];
 
 pub(crate) fn routes() -> Router<PortalState> {
     Router::new().route("/static/{*path}", get(asset))

@@ -13,11 +13,15 @@
 //! - `session_store.rs` — tower-sessions over the platform database.
 //! - `mail.rs` — the `Mailer` trait: SMTP (lettre) or the development outbox.
 //! - `outbox.rs` — the development outbox pages.
+//! - `apps.rs` — applications, subscriptions and self-service API keys.
+//! - `catalog.rs` — the API catalogue, API pages and interactive reference docs.
 //! - `assets.rs` — `/static/`.
 //! - `settings.rs` — the operator's options.
 
 mod accounts;
+pub mod apps;
 mod assets;
+mod catalog;
 pub mod csrf;
 pub mod mail;
 mod outbox;
@@ -40,6 +44,7 @@ use tower_sessions::cookie::SameSite;
 use tower_sessions::{Expiry, SessionManagerLayer};
 use turnpike_domain::secrets::KeyHasher;
 use turnpike_store::Store;
+use turnpike_store::publish::Publisher;
 
 use crate::mail::{Mailer, OutboxMailer, SmtpMailer};
 use crate::rules::{FailureCounter, THROTTLE_LIMIT, THROTTLE_WINDOW};
@@ -71,6 +76,9 @@ pub struct Inner {
     pub hasher: KeyHasher,
     pub mailer: Arc<dyn Mailer>,
     pub settings: Settings,
+    /// Commits the portal's changes and publishes them to the gateway (keys and
+    /// subscriptions work, or stop working, at once).
+    pub publisher: Publisher,
     /// Failed sign-ins per account and per client address. Node-local, like the
     /// gateway's rate limits: a cluster of portal nodes multiplies the allowance.
     pub(crate) failures: Mutex<FailureCounter>,
@@ -86,17 +94,28 @@ impl std::ops::Deref for PortalState {
 impl PortalState {
     /// The portal with the mailer its settings ask for: SMTP when `smtp_url` is set,
     /// otherwise the development outbox.
-    pub fn new(store: Arc<Store>, hasher: KeyHasher, settings: Settings) -> Result<Self, mail::MailError> {
+    pub fn new(
+        store: Arc<Store>,
+        hasher: KeyHasher,
+        settings: Settings,
+        publisher: Publisher,
+    ) -> Result<Self, mail::MailError> {
         let mailer: Arc<dyn Mailer> = match &settings.smtp_url {
             Some(url) => Arc::new(SmtpMailer::new(url, &settings.smtp_from)?),
             None => Arc::new(OutboxMailer::new(store.clone())),
         };
-        Ok(PortalState::with_mailer(store, hasher, settings, mailer))
+        Ok(PortalState::with_mailer(store, hasher, settings, mailer, publisher))
     }
 
-    pub fn with_mailer(store: Arc<Store>, hasher: KeyHasher, settings: Settings, mailer: Arc<dyn Mailer>) -> Self {
+    pub fn with_mailer(
+        store: Arc<Store>,
+        hasher: KeyHasher,
+        settings: Settings,
+        mailer: Arc<dyn Mailer>,
+        publisher: Publisher,
+    ) -> Self {
         let failures = Mutex::new(FailureCounter::new(THROTTLE_LIMIT, THROTTLE_WINDOW, THROTTLE_CAPACITY));
-        PortalState(Arc::new(Inner { store, hasher, mailer, settings, failures }))
+        PortalState(Arc::new(Inner { store, hasher, mailer, settings, publisher, failures }))
     }
 }
 
@@ -136,6 +155,8 @@ pub fn router(state: PortalState) -> Router {
         .with_expiry(Expiry::OnInactivity(ANONYMOUS_SESSION));
     accounts::routes()
         .merge(outbox::routes())
+        .merge(catalog::routes())
+        .merge(apps::routes())
         .merge(assets::routes())
         .fallback(pages::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), pages::render_errors))

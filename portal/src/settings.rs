@@ -82,12 +82,17 @@ pub struct Settings {
     /// Mail goes to this SMTP server; without one it is kept in the development outbox.
     pub smtp_url: Option<SmtpUrl>,
     pub smtp_from: Sender,
+    /// Where API consumers reach the gateway (`https://api.example.com`): the interactive
+    /// docs send their "try it" requests there.
+    pub gateway_url: PublicUrl,
 }
 
 impl Settings {
-    /// Development settings: links to `public_url`, mail to the outbox.
+    /// Development settings: links to `public_url`, mail to the outbox, the gateway on
+    /// `http://127.0.0.1:8000`.
     pub fn new(public_url: PublicUrl) -> Settings {
-        Settings { public_url, smtp_url: None, smtp_from: Sender::default() }
+        let gateway_url = PublicUrl::from_listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8000));
+        Settings { public_url, smtp_url: None, smtp_from: Sender::default(), gateway_url }
     }
 }
 

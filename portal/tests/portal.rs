@@ -8,5 +8,9 @@ mod support;
 
 #[path = "portal/accounts.rs"]
 mod accounts;
+#[path = "portal/apps.rs"]
+mod apps;
+#[path = "portal/catalog.rs"]
+mod catalog;
 #[path = "portal/store.rs"]
 mod store;

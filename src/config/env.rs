@@ -53,6 +53,11 @@ pub(super) const OPTIONS: &[EnvOption] = &[
         set: |c, v| parse_socket_addr(v).map(|addr| c.gateway.tls_listen = Some(addr)),
     },
     EnvOption {
+        key: "gateway.public_url",
+        vars: &["TURNPIKE_GATEWAY_PUBLIC_URL"],
+        set: |c, v| v.parse().map(|url| c.gateway.public_url = Some(url)),
+    },
+    EnvOption {
         key: "gateway.trusted_proxies",
         vars: &["TURNPIKE_GATEWAY_TRUSTED_PROXIES"],
         set: |c, v| parse_cidr_list(v).map(|cidrs| c.gateway.trusted_proxies = cidrs),

@@ -19,6 +19,7 @@ mod error;
 mod json;
 pub mod plans;
 pub mod portal;
+pub mod publish;
 pub mod routes;
 pub mod snapshots;
 pub mod tokens;
@@ -27,7 +28,9 @@ pub mod versions;
 
 use std::sync::Arc;
 
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, TransactionTrait,
+};
 use tokio::sync::{Mutex, MutexGuard};
 use turnpike_domain::network::TargetPolicy;
 use turnpike_domain::snapshot::Snapshot;
@@ -87,6 +90,14 @@ impl Store {
     pub async fn change(&self, actor: &Actor) -> Result<Change<'_>, StoreError> {
         let guard = self.write_lock.lock().await;
         let txn = self.db.begin().await?;
+        if self.db.get_database_backend() == DbBackend::Sqlite {
+            // SQLite starts a transaction reading, and a writer that slips in before
+            // its first write (a session saved outside any change) would make that
+            // write fail at once with "database is locked": no waiting can resolve
+            // that. Taking the write lock first (what `BEGIN IMMEDIATE` does) makes
+            // such writers wait for this change instead, within the busy timeout.
+            txn.execute_unprepared("UPDATE snapshots SET version = version WHERE 0 = 1").await?;
+        }
         Ok(Change { txn, actor: actor.clone(), target_policy: &self.target_policy, _guard: guard })
     }
 }

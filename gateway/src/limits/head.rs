@@ -35,12 +35,20 @@ pub struct Head {
 const MAX_METHOD: usize = 32;
 
 /// Reads one request head incrementally: feed it the buffer holding the head so far
-/// (from the head's first byte) each time more arrives. Lines already read are not
-/// read again, so a head trickling in byte by byte costs linear time.
+/// (from the head's first byte) each time more arrives. No byte is scanned twice
+/// (lines already read, nor the unfinished line's bytes already searched), so a
+/// head trickling in byte by byte, even one long line, costs linear time.
 #[derive(Debug, Default)]
 pub struct HeadParser {
     /// Start of the first line not yet read.
     pos: usize,
+    /// Bytes from `pos` up to here hold no LF: where the search for the line's end
+    /// resumes.
+    scanned: usize,
+    /// While the request line is incomplete: its first two spaces, once seen
+    /// (indexes into the buffer), found by scanning only the bytes new since the
+    /// last call.
+    spaces: [Option<usize>; 2],
     request_line: bool,
     http10: bool,
     headers: usize,
@@ -55,8 +63,12 @@ impl HeadParser {
     /// the head, the rest belongs to the body or later requests. `Ok(None)` while it
     /// is incomplete and within the limits.
     pub fn parse(&mut self, buf: &[u8], limits: &HeadLimits) -> Result<Option<(usize, Head)>, Rejection> {
-        while let Some(offset) = buf[self.pos..].iter().position(|&b| b == b'\n') {
-            let end = self.pos + offset + 1;
+        loop {
+            let from = self.scanned.max(self.pos);
+            let Some(offset) = buf[from..].iter().position(|&b| b == b'\n') else {
+                break;
+            };
+            let end = from + offset + 1;
             if end > limits.max_bytes {
                 return Err(self.too_large(&buf[self.pos..end], limits));
             }
@@ -82,9 +94,39 @@ impl HeadParser {
             return Err(self.too_large(&buf[self.pos..], limits));
         }
         if !self.request_line {
-            self.check_partial_request_line(&buf[self.pos..], limits)?;
+            self.check_unfinished_request_line(buf, limits)?;
         }
+        self.scanned = buf.len();
         Ok(None)
+    }
+
+    /// [`Self::check_partial_request_line`] for the unfinished line at `pos`, from
+    /// the spaces found so far: only the bytes that arrived since the last call are
+    /// scanned.
+    fn check_unfinished_request_line(&mut self, buf: &[u8], limits: &HeadLimits) -> Result<(), Rejection> {
+        let from = self.scanned.max(self.pos);
+        for (i, &b) in buf.iter().enumerate().skip(from) {
+            if b == b' ' {
+                match &mut self.spaces {
+                    [None, _] => self.spaces[0] = Some(i),
+                    [Some(_), second @ None] => *second = Some(i),
+                    [Some(_), Some(_)] => break,
+                }
+            }
+        }
+        // A CR at the end may be the start of the line's CRLF: not part of the line.
+        let end = if buf.last() == Some(&b'\r') { buf.len() - 1 } else { buf.len() };
+        match self.spaces {
+            [None, _] if end.saturating_sub(self.pos) > MAX_METHOD => {
+                Err(Rejection::Malformed("the method is too long"))
+            }
+            [None, _] => Ok(()),
+            [Some(sp), _] if sp - self.pos > MAX_METHOD => Err(Rejection::Malformed("the method is too long")),
+            [Some(sp), second] => {
+                let target_end = second.unwrap_or(end).max(sp + 1);
+                if target_end - (sp + 1) > limits.max_uri { Err(Rejection::UriTooLong) } else { Ok(()) }
+            }
+        }
     }
 
     /// 414 when the excess is in the request target, 431 otherwise.
@@ -339,6 +381,38 @@ mod tests {
 
     fn parse(head: &str) -> Result<Option<(usize, Head)>, Rejection> {
         HeadParser::default().parse(head.as_bytes(), &LIMITS)
+    }
+
+    /// Feeds `text` one byte at a time, as a slow client would send it.
+    fn trickle(text: &str) -> Result<Option<(usize, Head)>, Rejection> {
+        let mut parser = HeadParser::default();
+        for end in 1..text.len() {
+            if let Some(done) = parser.parse(&text.as_bytes()[..end], &LIMITS)? {
+                return Ok(Some(done));
+            }
+        }
+        parser.parse(text.as_bytes(), &LIMITS)
+    }
+
+    #[test]
+    fn unfinished_request_lines_are_judged_alike_whole_or_trickled() {
+        let long_target = format!("GET /{} HTTP/1.1\r\nhost: a\r\n\r\n", "a".repeat(60));
+        let long_method = format!("{} / HTTP/1.1\r\nhost: a\r\n\r\n", "G".repeat(40));
+        let spaced = "GET /x HTTP/1.1 \r\nhost: a\r\n\r\n";
+        let fine = "\r\nGET /just-forty-bytes-of-target-aaaaaaaaaaaa HTTP/1.1\r\nhost: a\r\n\r\n";
+        for text in [long_target.as_str(), long_method.as_str(), spaced, fine] {
+            let whole = parse(text).map(|done| done.map(|(len, _)| len));
+            let trickled = trickle(text).map(|done| done.map(|(len, _)| len));
+            assert_eq!(whole, trickled, "{text:?}");
+        }
+        assert_eq!(trickle(&long_target).unwrap_err(), Rejection::UriTooLong);
+        assert_eq!(trickle(&long_method).unwrap_err(), Rejection::Malformed("the method is too long"));
+        assert!(trickle(fine).unwrap().is_some());
+        // Refused as soon as the target passes the limit, before the line ends.
+        let mut parser = HeadParser::default();
+        let partial = format!("GET /{}", "a".repeat(40));
+        assert_eq!(parser.parse(&partial.as_bytes()[..44], &LIMITS), Ok(None));
+        assert_eq!(parser.parse(partial.as_bytes(), &LIMITS).unwrap_err(), Rejection::UriTooLong);
     }
 
     fn head(text: &str) -> Head {

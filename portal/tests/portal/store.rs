@@ -222,3 +222,33 @@ on_both_stores! {
         assert!(outbox::get(db, "nope").await.unwrap().is_none());
     }
 }
+
+on_both_stores! {
+    async fn a_session_saved_while_a_change_is_open_waits_for_it_instead_of_breaking_it(backend) {
+        let (store, _dir) = open_store(backend).await;
+        let change = store.change(&Actor("test".into())).await.unwrap();
+        // The change reads first, as changes do ...
+        assert!(accounts::find_by_email(change.txn(), "nobody@example.com").await.unwrap().is_none());
+        // ... then a session is saved from another connection, outside any change ...
+        let row = SessionRow {
+            id_hash: hash_id(&Id::default()),
+            developer_id: None,
+            data: "{}".into(),
+            expiry_date: Utc::now() + TimeDelta::hours(1),
+        };
+        let db = store.clone();
+        let (started, writing) = tokio::sync::oneshot::channel();
+        let saved = tokio::spawn(async move {
+            let _ = started.send(());
+            sessions::create(db.db(), &row).await
+        });
+        writing.await.unwrap();
+        tokio::task::yield_now().await;
+        // ... and the change still writes and commits (on SQLite a deferred transaction
+        // would fail here with "database is locked" once the session write got in first).
+        let created = accounts::sign_up(&change, "ada@example.com", "Ada", "$argon2id$hash").await;
+        assert!(created.is_ok(), "{:?}", created.err());
+        change.commit().await.unwrap();
+        assert!(saved.await.unwrap().unwrap(), "the session was saved once the change was done");
+    }
+}

@@ -12,10 +12,13 @@ use reqwest::header::{COOKIE, HeaderMap, LOCATION, SET_COOKIE};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use turnpike_bus::InProcessBus;
+use turnpike_bus::credentials::InProcessCredentials;
 use turnpike_domain::secrets::{KeyHasher, generate_secret};
 use turnpike_portal::{PortalState, PublicUrl, Settings};
 use turnpike_store::portal::accounts;
 use turnpike_store::portal::outbox::{self, OutboxMail};
+use turnpike_store::publish::Publisher;
 use turnpike_store::{Actor, Store};
 use turnpike_testkit::Postgres;
 
@@ -43,6 +46,9 @@ pub struct TestPortal {
     pub url: String,
     pub store: Arc<Store>,
     pub hasher: KeyHasher,
+    /// The bus and credential table the portal publishes to, as a gateway follows them.
+    pub bus: Arc<InProcessBus>,
+    pub credentials: Arc<InProcessCredentials>,
     stop: Option<oneshot::Sender<()>>,
     _dir: TempDir,
 }
@@ -66,18 +72,28 @@ impl TestPortal {
 
     pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestPortal {
         let (store, dir) = open_store(backend).await;
+        TestPortal::serve(store, dir, configure).await
+    }
+
+    /// A portal over a store from [`open_store`], seeded before the portal's own
+    /// background writes (session clean-up) can compete with the seeding on SQLite.
+    pub async fn serve(store: Arc<Store>, dir: TempDir, configure: impl FnOnce(&mut Settings)) -> TestPortal {
         // Bound before serving: the port answers as soon as `start` returns.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut settings = Settings::new(PublicUrl::from_listen(addr));
         configure(&mut settings);
         let hasher = KeyHasher::new(&generate_secret()).unwrap();
-        let state = PortalState::new(store.clone(), hasher.clone(), settings).unwrap();
+        // The gateway's side of all-in-one mode: what the portal's changes are published to.
+        let bus = Arc::new(InProcessBus::new());
+        let credentials = Arc::new(InProcessCredentials::new());
+        let publisher = Publisher::new(store.clone(), bus.clone(), credentials.clone());
+        let state = PortalState::new(store.clone(), hasher.clone(), settings, publisher).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(turnpike_portal::serve(listener, state, async move {
             let _ = stopped.await;
         }));
-        TestPortal { url: format!("http://{addr}"), store, hasher, stop: Some(stop), _dir: dir }
+        TestPortal { url: format!("http://{addr}"), store, hasher, bus, credentials, stop: Some(stop), _dir: dir }
     }
 
     pub fn browser(&self) -> Browser {

@@ -7,6 +7,7 @@
 //! record; sessions, tokens and outbox mail are bookkeeping and are written directly.
 
 pub mod accounts;
+pub mod catalog;
 pub mod outbox;
 pub mod sessions;
 pub mod tokens;
