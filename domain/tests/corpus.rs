@@ -2,26 +2,12 @@
 //! of untrusted input, so every known nasty input stays handled: each must come back
 //! as a clean error (or a success), never a panic, a hang or unbounded memory.
 
-use std::path::PathBuf;
-
 use turnpike_domain::openapi;
-
-fn corpus(name: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(name);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
-        .collect()
-}
+use turnpike_testkit::fuzz_seeds;
 
 #[test]
 fn openapi_corpus_is_refused_cleanly() {
-    let seeds = corpus("openapi");
+    let seeds = fuzz_seeds("openapi");
     assert!(seeds.len() >= 10, "corpus went missing");
     for (name, bytes) in seeds {
         let Ok(text) = std::str::from_utf8(&bytes) else { continue };

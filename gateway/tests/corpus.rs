@@ -2,34 +2,20 @@
 //! `fuzz/corpus/jwt`) through the same entry points the targets call, so every known
 //! hostile input stays handled: no panic, and the outcome each seed stands for.
 
-use std::path::PathBuf;
-
 use turnpike_gateway::fuzz_head;
 use turnpike_gateway::jwt_fuzzing::Verifiers;
+use turnpike_testkit::fuzz_seeds;
 
 /// The secret and key the `jwt` fuzz target uses (`fuzz/fuzz_targets/jwt.rs`).
 const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
 const RSA_PUBLIC: &str = include_str!("data/jwt_rsa_a.pub.pem");
-
-fn corpus(name: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(name);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
-        .collect()
-}
 
 /// Seeds named `ok-*` are complete heads that must be accepted, `partial-*` ones
 /// incomplete heads still within the limits; every other seed must be refused.
 /// `fuzz_head` itself checks the invariants of what it accepts.
 #[test]
 fn http_head_corpus_is_read_as_named() {
-    let seeds = corpus("http_head");
+    let seeds = fuzz_seeds("http_head");
     assert!(seeds.len() >= 40, "corpus went missing");
     for (name, bytes) in seeds {
         let outcome = fuzz_head(&bytes);
@@ -47,7 +33,7 @@ fn http_head_corpus_is_read_as_named() {
 /// Every seed is refused by both policies, however it reaches verification.
 #[test]
 fn jwt_corpus_is_refused() {
-    let seeds = corpus("jwt");
+    let seeds = fuzz_seeds("jwt");
     assert!(seeds.len() >= 40, "corpus went missing");
     let verifiers = Verifiers::new(SECRET, RSA_PUBLIC);
     for (name, token) in seeds {

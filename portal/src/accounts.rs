@@ -259,6 +259,18 @@ struct TokenQuery {
     token: String,
 }
 
+/// Whether a mailed link's token is still good (without using it up), and the status
+/// of the page that shows it: 400 for a used, expired or unknown one.
+async fn link_state(
+    state: &PortalState,
+    token: &str,
+    purpose: tokens::Purpose,
+) -> Result<(StatusCode, bool), PageError> {
+    let hash = state.hasher.hash(token);
+    let valid = tokens::peek(state.store.db(), &hash, purpose, Utc::now()).await?.is_some();
+    Ok((if valid { StatusCode::OK } else { StatusCode::BAD_REQUEST }, valid))
+}
+
 /// The link from the mail shows a button rather than confirming at once, so that
 /// mail scanners that open links do not use the token up.
 async fn verify_page(
@@ -266,9 +278,7 @@ async fn verify_page(
     FormContext(ctx): FormContext,
     Query(query): Query<TokenQuery>,
 ) -> Result<Response, PageError> {
-    let hash = state.hasher.hash(&query.token);
-    let valid = tokens::peek(state.store.db(), &hash, tokens::Purpose::Verify, Utc::now()).await?.is_some();
-    let status = if valid { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    let (status, valid) = link_state(&state, &query.token, tokens::Purpose::Verify).await?;
     Ok(render(status, &VerifyPage { ctx, token: query.token, valid }))
 }
 
@@ -476,9 +486,7 @@ async fn reset_page(
     FormContext(ctx): FormContext,
     Query(query): Query<TokenQuery>,
 ) -> Result<Response, PageError> {
-    let hash = state.hasher.hash(&query.token);
-    let valid = tokens::peek(state.store.db(), &hash, tokens::Purpose::Reset, Utc::now()).await?.is_some();
-    let status = if valid { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    let (status, valid) = link_state(&state, &query.token, tokens::Purpose::Reset).await?;
     Ok(render(status, &ResetPage { ctx, token: query.token, valid, errors: FieldErrors::default() }))
 }
 

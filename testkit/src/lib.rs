@@ -98,6 +98,22 @@ pub fn fixtures_dir() -> PathBuf {
         .unwrap_or_else(|| panic!("no shared fixtures found; looked in {candidates:?} (set TESTKIT_FIXTURES_DIR)"))
 }
 
+/// The seed corpus of fuzz target `name` (`fuzz/corpus/<name>`), as (file name,
+/// contents) sorted by name, for tests that replay it so known hostile inputs stay
+/// handled.
+pub fn fuzz_seeds(name: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = repo_root().join("fuzz").join("corpus").join(name);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| (path.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&path).unwrap()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
