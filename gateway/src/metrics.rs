@@ -55,10 +55,6 @@ const BUCKETS_NANOS: [u64; 15] = [
 /// Status classes counted, `1xx` (WebSocket upgrades answer 101) to `5xx`.
 const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Most shards per version: beyond this many workers, shards are shared (still
-/// correct, only contended).
-const MAX_SHARDS: usize = 64;
-
 /// The gateway's metrics: one set of request counters per API version in use, and
 /// one for requests that matched no version. One per `ConfigStore`.
 #[derive(Debug)]
@@ -252,13 +248,13 @@ struct Totals {
 
 impl VersionMetrics {
     fn new(api: String, version: String) -> VersionMetrics {
-        // Worker 0 (outside the proxy workers) and one per worker, as `worker::PerWorker`.
-        let shards = (0..=worker::default_count().min(MAX_SHARDS)).map(|_| Shard::default()).collect();
+        // One per worker slot, as `worker::PerWorker`.
+        let shards = (0..worker::slots()).map(|_| Shard::default()).collect();
         VersionMetrics { api, version, shards }
     }
 
     fn observe(&self, status: StatusCode, elapsed: Duration, rate_limited: bool) {
-        let shard = &self.shards[worker::index() % self.shards.len()];
+        let shard = &self.shards[worker::slot()];
         // hyper accepts 100 to 999; codes above 599 are not HTTP's and count as 5xx.
         let class = usize::from(status.as_u16() / 100).clamp(1, CODE_CLASSES.len()) - 1;
         shard.requests[class].fetch_add(1, Ordering::Relaxed);

@@ -26,14 +26,29 @@ pub(crate) fn enter(n: usize) {
     INDEX.with(|i| i.set(n));
 }
 
-/// The number of workers when the operator does not choose: one per core.
+/// The number of workers when the operator does not choose: one per core (read once:
+/// finding it out reads cgroup files).
 pub fn default_count() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+}
+
+/// Most per-worker slots kept: more workers than cores gain nothing.
+const MAX_SLOTS: usize = 64;
+
+/// How many per-worker slots a per-worker value has: worker 0 and one per core.
+pub(crate) fn slots() -> usize {
+    default_count().min(MAX_SLOTS) + 1
+}
+
+/// The calling worker's slot among [`slots`]; workers beyond them share slots
+/// round-robin (correct, only slower).
+pub(crate) fn slot() -> usize {
+    index() % slots()
 }
 
 /// One value per worker, made on first use by the worker that uses it, so that a
-/// worker's keep-alive connections live on its own runtime. Workers beyond the
-/// number of slots share them round-robin (correct, only slower).
+/// worker's keep-alive connections live on its own runtime (see [`slot`]).
 #[derive(Debug)]
 pub(crate) struct PerWorker<T> {
     slots: Box<[OnceLock<T>]>,
@@ -41,14 +56,12 @@ pub(crate) struct PerWorker<T> {
 
 impl<T> PerWorker<T> {
     pub(crate) fn new() -> Self {
-        // Worker 0 and one slot per core; more workers than cores gain nothing.
-        let slots = (0..=default_count().min(256)).map(|_| OnceLock::new()).collect();
-        PerWorker { slots }
+        PerWorker { slots: (0..slots()).map(|_| OnceLock::new()).collect() }
     }
 
     /// The calling worker's value, made with `make` the first time.
     pub(crate) fn get(&self, make: impl FnOnce() -> T) -> &T {
-        self.slots[index() % self.slots.len()].get_or_init(make)
+        self.slots[slot()].get_or_init(make)
     }
 }
 
