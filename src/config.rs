@@ -111,6 +111,11 @@ pub struct GatewayConfig {
     /// The last-known-good snapshot file; `None` means `<data_dir>/gateway-snapshot.json`. Use
     /// [`Config::gateway_snapshot_file`] to get the resolved path.
     pub snapshot_file: Option<PathBuf>,
+    /// Origins (`scheme://host[:port]`) whose pages may call every API version cross-origin,
+    /// without credentials: the developer portal's interactive docs ("try it"). `None` means the
+    /// portal's public URL; an empty list turns it off. Use [`GatewayConfig::docs_origins_for`]
+    /// to get the resolved list.
+    pub docs_origins: Option<Vec<turnpike_gateway::Origin>>,
 }
 
 /// Which addresses upstream targets (and JWKS fetches) may connect to. Applied by the
@@ -174,6 +179,74 @@ pub struct PortalConfig {
     pub smtp_url: Option<turnpike_portal::mail::SmtpUrl>,
     /// The `From` of portal mail.
     pub smtp_from: turnpike_portal::mail::Sender,
+    /// OpenID Connect providers people may sign in with (`[[portal.oidc]]` tables).
+    pub oidc: Vec<OidcProviderConfig>,
+}
+
+/// One OpenID Connect provider of the portal. Register the redirect URI
+/// `<portal.public_url>/sign-in/oidc/<id>/callback` with the provider.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProviderConfig {
+    /// Short name used in the portal's URLs (`[a-z0-9-]`, at most 32).
+    pub id: String,
+    /// Shown on the button: "Sign in with <name>".
+    pub name: String,
+    /// The issuer URL (https; http only on a loopback host).
+    pub issuer: String,
+    pub client_id: String,
+    /// The client secret itself; or set `client_secret_file`.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// A file holding the client secret (trailing newline ignored).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for OidcProviderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcProviderConfig")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "<redacted>"))
+            .field("client_secret_file", &self.client_secret_file)
+            .finish()
+    }
+}
+
+impl OidcProviderConfig {
+    fn with_secret(&self, client_secret: String) -> turnpike_portal::oidc::OidcProviderSettings {
+        turnpike_portal::oidc::OidcProviderSettings {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            issuer: self.issuer.clone(),
+            client_id: self.client_id.clone(),
+            client_secret,
+        }
+    }
+
+    /// The provider's settings, reading the secret file if that is where the secret is.
+    fn settings(&self) -> Result<turnpike_portal::oidc::OidcProviderSettings, String> {
+        let secret = match (&self.client_secret, &self.client_secret_file) {
+            (Some(secret), None) => secret.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read client_secret_file {}: {e}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+            _ => return Err("set exactly one of client_secret and client_secret_file".into()),
+        };
+        Ok(self.with_secret(secret))
+    }
+
+    /// Checks the provider without reading the secret file.
+    fn check(&self) -> Result<(), String> {
+        if self.client_secret.is_some() == self.client_secret_file.is_some() {
+            return Err("set exactly one of client_secret and client_secret_file".into());
+        }
+        self.with_secret(self.client_secret.clone().unwrap_or_else(|| "(in the file)".into())).check()
+    }
 }
 
 impl PortalConfig {
@@ -184,13 +257,21 @@ impl PortalConfig {
 
     /// The portal's settings; `gateway_url` is where the interactive docs send requests
     /// ([`Config::portal_settings`] passes the gateway's public URL).
-    pub fn settings(&self, gateway_url: turnpike_portal::PublicUrl) -> turnpike_portal::Settings {
-        turnpike_portal::Settings {
+    /// Reads the OpenID providers' secret files.
+    pub fn settings(&self, gateway_url: turnpike_portal::PublicUrl) -> Result<turnpike_portal::Settings, ConfigError> {
+        let oidc_providers = self
+            .oidc
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.settings().map_err(|message| ConfigError::OidcProvider { index: i, message }))
+            .collect::<Result<_, _>>()?;
+        Ok(turnpike_portal::Settings {
             public_url: self.public_url(),
             smtp_url: self.smtp_url.clone(),
             smtp_from: self.smtp_from.clone(),
             gateway_url,
-        }
+            oidc_providers,
+        })
     }
 }
 
@@ -267,6 +348,7 @@ impl Default for GatewayConfig {
             send_timeout_secs: proxy.send_timeout.as_secs(),
             workers: 0,
             snapshot_file: None,
+            docs_origins: None,
         }
     }
 }
@@ -292,6 +374,21 @@ impl GatewayConfig {
             workers: if self.workers == 0 { turnpike_gateway::default_workers() } else { self.workers },
         }
     }
+
+    /// The docs origins the gateway allows ([`turnpike_gateway::ConfigStore::with_docs_origins`]):
+    /// the configured ones, or the origin of `portal_url` (the portal's public URL).
+    pub fn docs_origins_for(&self, portal_url: &turnpike_portal::PublicUrl) -> Vec<turnpike_gateway::Origin> {
+        match &self.docs_origins {
+            Some(origins) => origins.clone(),
+            None => match portal_url.as_str().parse() {
+                Ok(origin) => vec![origin],
+                Err(e) => {
+                    tracing::warn!(error = %e, "the portal's public URL is no origin; no docs origins");
+                    Vec::new()
+                }
+            },
+        }
+    }
 }
 
 impl Default for AdminConfig {
@@ -307,6 +404,7 @@ impl Default for PortalConfig {
             public_url: None,
             smtp_url: None,
             smtp_from: turnpike_portal::mail::Sender::default(),
+            oidc: Vec::new(),
         }
     }
 }
@@ -375,6 +473,13 @@ impl Config {
         if config.secret.key.is_some() && config.secret.key_file.is_some() {
             return Err(ConfigError::SecretConflict { origin: path.display().to_string() });
         }
+        for (i, provider) in config.portal.oidc.iter().enumerate() {
+            provider.check().map_err(|message| ConfigError::OidcProvider { index: i, message })?;
+            if config.portal.oidc[..i].iter().any(|p| p.id == provider.id) {
+                let message = format!("the id {} is used twice", provider.id);
+                return Err(ConfigError::OidcProvider { index: i, message });
+            }
+        }
         Ok(config)
     }
 
@@ -387,8 +492,9 @@ impl Config {
         }
     }
 
-    /// The portal's settings, with the gateway's public URL for the interactive docs.
-    pub fn portal_settings(&self) -> turnpike_portal::Settings {
+    /// The portal's settings, with the gateway's public URL for the interactive docs (reads
+    /// the OpenID providers' secret files).
+    pub fn portal_settings(&self) -> Result<turnpike_portal::Settings, ConfigError> {
         self.portal.settings(self.gateway.public_url())
     }
 
@@ -511,6 +617,8 @@ pub enum ConfigError {
     EnvNotUnicode { var: String },
     #[error("secret.key and secret.key_file are both set in {origin}; set only one")]
     SecretConflict { origin: String },
+    #[error("portal.oidc[{index}]: {message}")]
+    OidcProvider { index: usize, message: String },
     #[error("{first} and {second} both use port {port}; each listener needs its own address")]
     AddressConflict { first: &'static str, second: &'static str, port: u16 },
 }
@@ -628,6 +736,7 @@ mod tests {
                 ("TURNPIKE_GATEWAY_BODY_READ_TIMEOUT_SECS", "6"),
                 ("TURNPIKE_GATEWAY_SEND_TIMEOUT_SECS", "7"),
                 ("TURNPIKE_GATEWAY_SNAPSHOT_FILE", "/s/snap.json"),
+                ("TURNPIKE_GATEWAY_DOCS_ORIGINS", "https://portal.example.com, http://127.0.0.1:8003"),
                 ("TURNPIKE_UPSTREAMS_ALLOW_PRIVATE_TARGETS", "true"),
                 ("TURNPIKE_UPSTREAMS_ALLOW_LOOPBACK_TARGETS", "false"),
                 ("TURNPIKE_UPSTREAMS_PRIVATE_TARGET_ALLOWLIST", "10.20.0.0/16, fd00::/8"),
@@ -662,6 +771,10 @@ mod tests {
                 send_timeout_secs: 7,
                 workers: 0,
                 snapshot_file: Some("/s/snap.json".into()),
+                docs_origins: Some(vec![
+                    "https://portal.example.com".parse().unwrap(),
+                    "http://127.0.0.1:8003".parse().unwrap(),
+                ]),
             },
             upstreams: UpstreamsConfig {
                 allow_private_targets: true,
@@ -674,6 +787,7 @@ mod tests {
                 public_url: Some("https://portal.example.com".parse().unwrap()),
                 smtp_url: Some("smtps://mailer:pw@mail.example.com:465".parse().unwrap()),
                 smtp_from: "APIs <apis@example.com>".parse().unwrap(),
+                oidc: vec![],
             },
             secret: SecretConfig { key: None, key_file: Some("/run/secrets/tp".into()) },
             log: LogConfig { level: "debug".into(), format: LogFormat::Json },
@@ -720,6 +834,39 @@ mod tests {
             err.starts_with("gateway.header_read_timeout_secs (TURNPIKE_GATEWAY_HEADER_READ_TIMEOUT_SECS): "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn docs_origins_default_to_the_portals_origin_and_are_checked() {
+        let resolved = |config: &Config| -> Vec<String> {
+            config.gateway.docs_origins_for(&config.portal.public_url()).iter().map(|o| o.to_string()).collect()
+        };
+        assert_eq!(resolved(&Config::default()), ["http://127.0.0.1:8003"]);
+        let config = load("[portal]\npublic_url = \"https://Portal.Example.com:443/\"\n", &[]).unwrap();
+        assert_eq!(resolved(&config), ["https://portal.example.com"]);
+        let config = load("", &[("TURNPIKE_PORTAL_LISTEN", "0.0.0.0:9003")]).unwrap();
+        assert_eq!(resolved(&config), ["http://127.0.0.1:9003"]);
+
+        let file = "[gateway]\ndocs_origins = [\"https://docs.example.com\", \"http://localhost:3000\"]\n";
+        assert_eq!(resolved(&load(file, &[]).unwrap()), ["https://docs.example.com", "http://localhost:3000"]);
+        let env = [("TURNPIKE_GATEWAY_DOCS_ORIGINS", " https://a.example ,https://b.example:8443,")];
+        assert_eq!(resolved(&load(file, &env).unwrap()), ["https://a.example", "https://b.example:8443"]);
+        // An empty list turns it off: in the file, or `none` in the environment.
+        assert!(resolved(&load("[gateway]\ndocs_origins = []\n", &[]).unwrap()).is_empty());
+        assert!(resolved(&load(file, &[("TURNPIKE_GATEWAY_DOCS_ORIGINS", "none")]).unwrap()).is_empty());
+        // An empty variable counts as unset, as for every option.
+        assert_eq!(resolved(&load("", &[("TURNPIKE_GATEWAY_DOCS_ORIGINS", "")]).unwrap()), ["http://127.0.0.1:8003"]);
+
+        for bad in ["*", "https://portal.example.com/", "https://portal.example.com/docs", "portal.example.com"] {
+            let err = load_err(&format!("[gateway]\ndocs_origins = [\"https://ok.example\", \"{bad}\"]\n"), &[]);
+            assert!(err.starts_with("gateway.docs_origins[1] (turnpike.toml, line 2): "), "{err}");
+            assert!(err.contains("is not an origin"), "{err}");
+            let err = load_err("", &[("TURNPIKE_GATEWAY_DOCS_ORIGINS", &format!("https://ok.example, {bad}"))]);
+            assert!(err.starts_with("gateway.docs_origins (TURNPIKE_GATEWAY_DOCS_ORIGINS): "), "{err}");
+            assert!(err.contains(&format!("{bad:?} is not an origin")), "{err}");
+        }
+        let err = load_err("", &[("TURNPIKE_GATEWAY_DOCS_ORIGINS", "*")]);
+        assert!(err.contains("`*` is not allowed"), "{err}");
     }
 
     #[test]
@@ -1009,10 +1156,10 @@ mod tests {
     fn portal_options_are_checked() {
         let config = load("", &[("TURNPIKE_PORTAL_LISTEN", "0.0.0.0:9003")]).unwrap();
         assert_eq!(config.portal.public_url().as_str(), "http://127.0.0.1:9003");
-        assert!(config.portal_settings().smtp_url.is_none());
-        assert_eq!(config.portal_settings().gateway_url.as_str(), "http://127.0.0.1:8000");
+        assert!(config.portal_settings().unwrap().smtp_url.is_none());
+        assert_eq!(config.portal_settings().unwrap().gateway_url.as_str(), "http://127.0.0.1:8000");
         let file = "[portal]\npublic_url = \"https://portal.example.com/\"\nsmtp_url = \"smtp://127.0.0.1:2525\"\n";
-        let settings = load(file, &[]).unwrap().portal_settings();
+        let settings = load(file, &[]).unwrap().portal_settings().unwrap();
         assert_eq!(settings.public_url.as_str(), "https://portal.example.com");
         assert!(settings.public_url.is_https());
         assert_eq!(settings.smtp_url.unwrap().as_str(), "smtp://127.0.0.1:2525");
@@ -1023,5 +1170,53 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         let err = load_err("", &[("TURNPIKE_PORTAL_SMTP_FROM", "nobody")]);
         assert!(err.starts_with("portal.smtp_from (TURNPIKE_PORTAL_SMTP_FROM): "), "{err}");
+    }
+
+    #[test]
+    fn oidc_providers_are_checked_and_secrets_read_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("oidc-secret");
+        std::fs::write(&secret_file, "from-a-file\n").unwrap();
+        let file = format!(
+            "[[portal.oidc]]\nid = \"corp\"\nname = \"Example SSO\"\nissuer = \"https://sso.example.com\"\n\
+             client_id = \"portal\"\nclient_secret = \"inline-secret\"\n\
+             [[portal.oidc]]\nid = \"dev\"\nname = \"Dev\"\nissuer = \"http://127.0.0.1:9999\"\n\
+             client_id = \"portal\"\nclient_secret_file = \"{}\"\n",
+            secret_file.display()
+        );
+        let config = load(&file, &[]).unwrap();
+        assert!(!format!("{config:?}").contains("inline-secret"));
+        let providers = config.portal_settings().unwrap().oidc_providers;
+        assert_eq!(providers.len(), 2);
+        assert_eq!(providers[0].client_secret, "inline-secret");
+        assert_eq!(providers[1].client_secret, "from-a-file");
+
+        let one =
+            |extra: &str| format!("[[portal.oidc]]\nid = \"corp\"\nname = \"SSO\"\nclient_id = \"portal\"\n{extra}");
+        let cases = [
+            (one("issuer = \"http://sso.example.com\"\nclient_secret = \"x\"\n"), "must use https"),
+            (one("issuer = \"https://sso.example.com\"\n"), "exactly one of client_secret"),
+            (
+                one("issuer = \"https://sso.example.com\"\nclient_secret = \"x\"\nclient_secret_file = \"/f\"\n"),
+                "exactly one of client_secret",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    one("issuer = \"https://a.example\"\nclient_secret = \"x\"\n"),
+                    one("issuer = \"https://b.example\"\nclient_secret = \"y\"\n")
+                ),
+                "portal.oidc[1]: the id corp is used twice",
+            ),
+        ];
+        for (file, needle) in cases {
+            let err = load_err(&file, &[]);
+            assert!(err.contains(needle), "{needle}: {err}");
+            assert!(err.starts_with("portal.oidc["), "{err}");
+        }
+        // A secret file that cannot be read is an error when the portal starts.
+        let missing = one("issuer = \"https://sso.example.com\"\nclient_secret_file = \"/nonexistent/secret\"\n");
+        let err = load(&missing, &[]).unwrap().portal_settings().unwrap_err().to_string();
+        assert!(err.starts_with("portal.oidc[0]: cannot read client_secret_file /nonexistent/secret"), "{err}");
     }
 }

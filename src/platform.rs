@@ -243,6 +243,8 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
             limiter: Arc::new(turnpike_gateway::ratelimit::LocalLimiter::default()),
         })
         .with_target_policy(config.upstreams.target_policy())
+        // The portal's "try it" calls the gateway from the portal's pages.
+        .with_docs_origins(config.gateway.docs_origins_for(&config.portal.public_url()))
         // Before the bus delivers anything: a node whose control plane is down serves
         // the configuration it last had.
         .with_last_known_good(turnpike_gateway::LastKnownGood::new(config.gateway_snapshot_file()));
@@ -311,7 +313,7 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
         urls.push(format!("portal        http://{}", listener.local_addr()?));
         let store = store.clone().expect("the portal opens the store at start");
         let publisher = turnpike_store::publish::Publisher::new(store.clone(), bus.clone(), credentials.clone());
-        let portal = turnpike_portal::PortalState::new(store, hasher.clone(), config.portal_settings(), publisher)?;
+        let portal = turnpike_portal::PortalState::new(store, hasher.clone(), config.portal_settings()?, publisher)?;
         let shutdown = on_shutdown(&stop_rx);
         tasks.spawn(async move { Ok(turnpike_portal::serve(listener, portal, shutdown).await?) });
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use http::HeaderMap;
 use serde::Serialize;
@@ -22,6 +22,7 @@ use crate::lkg::{LastKnownGood, LoadError, Writer};
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::policy::VersionPolicies;
 use crate::policy::cache::{DEFAULT_CAPACITY_BYTES, ResponseCache};
+use crate::policy::cors::Origin;
 use crate::registry::UpstreamRuntime;
 use crate::router::Router;
 use crate::tls_client::TargetGuard;
@@ -138,6 +139,9 @@ struct Inner {
     jwks: JwksCache,
     /// Request counters; outlive snapshots (see `metrics`).
     metrics: Metrics,
+    /// Origins of the developer portal's interactive docs: CORS on every version
+    /// (see `policy::cors`), compiled into each snapshot.
+    docs_origins: RwLock<Arc<[Origin]>>,
 }
 
 impl Default for ConfigStore {
@@ -164,6 +168,7 @@ impl ConfigStore {
                 last_known_good: OnceLock::new(),
                 jwks: JwksCache::default(),
                 metrics: Metrics::default(),
+                docs_origins: RwLock::new(Arc::from([])),
             }),
         }
     }
@@ -192,6 +197,17 @@ impl ConfigStore {
     /// before the first snapshot.
     pub fn with_jwks_settings(self, settings: JwksSettings) -> Self {
         self.inner.jwks.set_settings(settings);
+        self
+    }
+
+    /// Lets pages from `origins` (the developer portal's interactive docs) call every
+    /// version cross-origin, with or without a CORS policy (see [`crate::policy::cors`]);
+    /// none by default. Call before the first snapshot: it applies to the snapshots
+    /// compiled afterwards.
+    pub fn with_docs_origins(self, origins: impl IntoIterator<Item = Origin>) -> Self {
+        let mut origins: Vec<Origin> = origins.into_iter().collect();
+        origins.dedup();
+        *self.inner.docs_origins.write().unwrap_or_else(std::sync::PoisonError::into_inner) = origins.into();
         self
     }
 
@@ -289,8 +305,15 @@ impl ConfigStore {
         }
         // Compiled outside the channel's lock; the check is repeated under it in case
         // another apply won meanwhile.
-        let compiled =
-            compile(snapshot, &self.inner.responses, &self.inner.upstreams, &self.inner.jwks, &self.inner.metrics);
+        let docs_origins = self.inner.docs_origins.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let compiled = compile(
+            snapshot,
+            &self.inner.responses,
+            &self.inner.upstreams,
+            &self.inner.jwks,
+            &self.inner.metrics,
+            &docs_origins,
+        );
         compiled.from_bus.store(source == ConfigSource::Bus, Ordering::Relaxed);
         let compiled = Arc::new(compiled);
         let mut result = Ok(true);
@@ -382,6 +405,7 @@ fn compile(
     upstreams: &UpstreamRuntime,
     jwks: &JwksCache,
     metrics: &Metrics,
+    docs_origins: &[Origin],
 ) -> CompiledConfig {
     let content = &snapshot.content;
     let upstreams: HashMap<&str, Arc<Upstream>> = content
@@ -415,7 +439,7 @@ fn compile(
             upstream,
             response_headers,
             policies: v.policies.clone(),
-            policy: VersionPolicies::compile(v, responses),
+            policy: VersionPolicies::compile(v, responses, docs_origins),
             validation: crate::validation::Validator::compile(v),
             jwt: v.policies.jwt.as_ref().map(|p| crate::jwt::JwtAuth::compile(p, &v.id, jwks)),
             metrics: metrics.version(&v.api_slug, &v.label),

@@ -53,6 +53,7 @@ pub use config::{ApplyError, CompiledConfig, ConfigSource, ConfigStatus, ConfigS
 pub use error::PROBLEM_TYPE_PREFIX;
 pub use jwks::JwksSettings;
 pub use lkg::{LastKnownCredentials, LastKnownGood, LoadError};
+pub use policy::cors::{InvalidOrigin, Origin};
 pub use registry::UpstreamRuntime;
 pub use server::serve_proxy;
 pub use settings::{Cidr, InvalidCidr, Settings};

@@ -9,7 +9,7 @@
 //! | 3 | [`route`]: version and route, by base path or by the API's version selector (header or query parameter; 400 when named twice differently) (404/405; 503 without configuration) | needs the normalized path |
 //! | 4 | [`lifecycle`]: retired 410, deprecation headers | needs the version; before any policy so a retired version costs nothing |
 //! | 4a | [`ip_rules`]: client IP allow/deny lists, 403 | first policy: the cheapest refusal, before anything costs |
-//! | 4b | [`cors`]: preflights answered here (204, or 403 and not forwarded); other requests note what their response's CORS headers will be | before authentication, since browsers send preflights without credentials |
+//! | 4b | [`cors`]: preflights answered here (204, or 403 and not forwarded) for versions with a CORS policy and, on every version, from the docs origins (the portal's "try it", gateway setting `docs_origins`); other requests note what their response's CORS headers will be | before authentication, since browsers send preflights without credentials |
 //! | 4c | [`consumer::authenticate`]: API key → consumer, 401/403; client `X-Consumer-*` headers always stripped | before limits, which count per consumer; after cheap refusals (IP, CORS preflight) |
 //! | 4c2 | [`jwt::authenticate`]: bearer JWT (algorithm fixed by the policy, key from the policy or the issuer's JWKS, `exp`/`nbf`/`iss`/`aud`), 401 with `WWW-Authenticate: Bearer`, 503 when the issuer's keys cannot be had; claims forwarded per `claims_to_headers` (clients' copies stripped) | with the key check, before limits; after it, so the cheaper check refuses first, a version with both requires both, and the `X-Consumer-*` strip cannot remove claim headers such as `x-consumer-subject` |
 //! | 4d | [`consumer::limit`]: version rate limit, plan rate limit and quota, 429 with `Retry-After` | after authentication (the consumer and plan are known), before any upstream work |
@@ -188,12 +188,12 @@ fn route(ctx: &mut RequestCtx, req: &Request<Incoming>) -> Result<(), GatewayErr
     let mut outcome = config.router.route(&facts);
     // A CORS preflight asks about another method than its own. When no route takes
     // OPTIONS, it is routed as the request it announces, for the version's CORS policy
-    // to answer; without such a policy it stays a 405.
+    // (or the docs rules, for a docs origin) to answer; otherwise it stays a 405.
     if let RouteOutcome::MethodNotAllowed(_) = outcome
         && let Some(announced) = cors::preflight_method(req.method(), req.headers())
         && let matched @ RouteOutcome::Matched { version, .. } =
             config.router.route(&RequestFacts { method: &announced, ..facts })
-        && version.policy.cors.is_some()
+        && version.policy.cors.as_ref().is_some_and(|c| c.answers(req.headers()))
     {
         outcome = matched;
     }
@@ -243,10 +243,12 @@ fn cors(
 ) -> Result<Option<Response<Full<Bytes>>>, GatewayError> {
     let Some(policy) = &version.policy.cors else { return Ok(None) };
     if cors::preflight_method(req.method(), req.headers()).is_none() {
-        ctx.cors = Some(policy.actual(req.headers()));
+        ctx.cors = policy.actual(req.headers());
         return Ok(None);
     }
-    let headers = policy.preflight(req.headers()).map_err(|e| GatewayError::with_cause(ErrorKind::CorsRefused, e))?;
+    // Not the gateway's to answer (no policy, and not a docs origin): an ordinary OPTIONS.
+    let Some(answer) = policy.preflight(req.headers()) else { return Ok(None) };
+    let headers = answer.map_err(|e| GatewayError::with_cause(ErrorKind::CorsRefused, e))?;
     let mut response = Response::new(Full::default());
     *response.status_mut() = StatusCode::NO_CONTENT;
     *response.headers_mut() = headers;

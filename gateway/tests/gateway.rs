@@ -135,6 +135,11 @@ impl TestGateway {
     }
 
     async fn start_with(settings: Settings) -> TestGateway {
+        TestGateway::start_on(ConfigStore::new(), settings).await
+    }
+
+    /// A gateway serving `store`, built by the test (consumers, docs origins…).
+    async fn start_on(store: ConfigStore, settings: Settings) -> TestGateway {
         // Listeners are bound before the servers are spawned, so requests can be
         // sent right away without waiting for anything.
         let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -142,7 +147,6 @@ impl TestGateway {
         let proxy = proxy_listener.local_addr().unwrap();
         let status = status_listener.local_addr().unwrap();
         let bus = InProcessBus::new();
-        let store = ConfigStore::new();
         tokio::spawn(store.clone().follow(bus.subscribe()));
         let (stop, stopped) = oneshot::channel::<()>();
         let proxy_task = tokio::spawn(serve_proxy(proxy_listener, store.clone(), settings, async {
@@ -880,7 +884,7 @@ mod policies {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Instant;
 
-    use turnpike_domain::policy::{Cache, Cors, HeaderTransform, IpRules, Policies};
+    use turnpike_domain::policy::{Cache, Cors, HeaderTransform, IpRules, KeyAuth, Policies};
 
     use super::*;
 
@@ -1070,6 +1074,190 @@ mod policies {
         assert!(header(&foreign, "access-control-allow-credentials").is_none());
         assert_eq!(header(&foreign, "vary"), Some("Origin"));
         assert_eq!(echoed(foreign).await["count"], 2, "a foreign origin's request is still forwarded");
+    }
+
+    /// The developer portal's origin in the docs-origin tests.
+    const PORTAL: &str = "http://127.0.0.1:8003";
+
+    /// A gateway whose docs origins are `docs_origins`, and whose only API key,
+    /// `tpk_docs`, is subscribed to the versions `weather` and `cors`.
+    async fn docs_gateway(docs_origins: &[&str]) -> TestGateway {
+        use turnpike_bus::credentials::InProcessCredentials;
+        use turnpike_domain::credential::Credential;
+        use turnpike_domain::secrets::{KeyHasher, generate_secret};
+        use turnpike_gateway::consumer::Consumers;
+
+        let hasher = KeyHasher::new(&generate_secret()).unwrap();
+        let credentials = Arc::new(InProcessCredentials::new());
+        let credential = Credential {
+            key_id: "key-1".into(),
+            application_id: "app-1".into(),
+            developer_id: "dev-1".into(),
+            expires_at: None,
+            subscriptions: [("weather".to_owned(), "plan-1".to_owned()), ("cors".to_owned(), "plan-1".to_owned())]
+                .into(),
+        };
+        credentials.replace_all([(hasher.hash("tpk_docs"), credential)]);
+        let store =
+            ConfigStore::with_consumers(Consumers { credentials, hasher: Some(hasher), ..Consumers::default() })
+                .with_docs_origins(docs_origins.iter().map(|o| o.parse::<turnpike_gateway::Origin>().unwrap()));
+        TestGateway::start_on(store, Settings::default()).await
+    }
+
+    /// `weather` at `/weather/v1`: key in `x-weather-key`, no CORS policy, a route
+    /// taking GET and POST only (preflights are routed as the request they announce);
+    /// `cors` at `/cors`: the same key and route, and the CORS policy of [`cors_policies`].
+    fn docs_versions(up: &CountingServer) -> SnapshotContent {
+        let mut get_post = route("get-post", "/*");
+        get_post.spec.methods = vec!["GET".into(), "POST".into()];
+        let key = Some(KeyAuth { header: "x-weather-key".into(), query: None });
+        let mut weather =
+            with_policies("weather", "/weather/v1", Policies { key_auth: key.clone(), ..Default::default() });
+        weather.routes = vec![get_post.clone()];
+        let mut cors = with_policies("cors", "/cors", Policies { key_auth: key, ..cors_policies() });
+        cors.routes = vec![get_post];
+        one_upstream(up, vec![weather, cors])
+    }
+
+    fn preflight<'a>(
+        gw: &'a TestGateway,
+        path: &str,
+        origin: &str,
+        method: &str,
+        headers: &str,
+    ) -> impl std::future::Future<Output = reqwest::Response> + 'a {
+        let request = gw
+            .http
+            .request(reqwest::Method::OPTIONS, gw.url(path))
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", headers);
+        async move { request.send().await.unwrap() }
+    }
+
+    /// A GET from `origin` (none: a same-origin or non-browser request) with the key,
+    /// the upstream answering with its own `Access-Control-Allow-Origin: *`.
+    async fn keyed_get(gw: &TestGateway, path: &str, origin: Option<&str>) -> reqwest::Response {
+        let mut request = gw
+            .http
+            .get(gw.url(path))
+            .header("x-weather-key", "tpk_docs")
+            .header("x-reply-access-control-allow-origin", "*");
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_portals_try_it_works_on_versions_without_a_cors_policy() {
+        let up = CountingServer::start().await;
+        let gw = docs_gateway(&[PORTAL]).await;
+        gw.publish(1, docs_versions(&up)).await;
+
+        // The browser's preflight is answered by the gateway, allowing the version's key header.
+        let ok = preflight(&gw, "/weather/v1/today", PORTAL, "GET", "x-weather-key").await;
+        assert_eq!(ok.status(), 204);
+        assert_eq!(header(&ok, "access-control-allow-origin"), Some(PORTAL));
+        let allowed = header(&ok, "access-control-allow-headers").unwrap();
+        assert_eq!(allowed, "accept, content-type, authorization, x-weather-key");
+        assert!(header(&ok, "access-control-allow-methods").unwrap().contains("GET"));
+        assert!(header(&ok, "access-control-allow-credentials").is_none(), "never credentials for the docs");
+        let post = preflight(&gw, "/weather/v1/today", PORTAL, "POST", "Content-Type, X-Weather-Key").await;
+        assert_eq!(post.status(), 204);
+        // Headers the docs do not need, and methods no route takes, are refused as by a policy.
+        let refused = preflight(&gw, "/weather/v1/today", PORTAL, "GET", "x-weather-key, x-admin").await;
+        assert!(header(&refused, "access-control-allow-origin").is_none());
+        problem(refused, 403, "cors-refused").await;
+        problem(preflight(&gw, "/weather/v1/today", PORTAL, "DELETE", "").await, 405, "method-not-allowed").await;
+        assert_eq!(up.count(), 0, "preflights never reach the upstream");
+
+        // The request itself: the docs origin may read the answer, without credentials.
+        let answered = keyed_get(&gw, "/weather/v1/today", Some(PORTAL)).await;
+        assert_eq!(header(&answered, "access-control-allow-origin"), Some(PORTAL), "the upstream's `*` is replaced");
+        assert_eq!(header(&answered, "vary"), Some("Origin"));
+        assert!(header(&answered, "access-control-allow-credentials").is_none());
+        let seen = echoed(answered).await;
+        assert_eq!((seen["count"].as_u64(), seen["method"].as_str()), (Some(1), Some("GET")));
+        // So may it read the gateway's own errors (a missing key here).
+        let unauthenticated = gw.http.get(gw.url("/weather/v1/today")).header("origin", PORTAL).send().await.unwrap();
+        assert_eq!(header(&unauthenticated, "access-control-allow-origin"), Some(PORTAL));
+        problem(unauthenticated, 401, "missing-api-key").await;
+
+        // Other origins, and requests without one, are handled as before: a preflight is
+        // an ordinary OPTIONS, and responses carry no CORS headers of the gateway's.
+        let foreign = preflight(&gw, "/weather/v1/today", "https://evil.example", "GET", "x-weather-key").await;
+        assert!(header(&foreign, "access-control-allow-origin").is_none());
+        problem(foreign, 405, "method-not-allowed").await;
+        let foreign = keyed_get(&gw, "/weather/v1/today", Some("https://evil.example")).await;
+        assert_eq!(header(&foreign, "access-control-allow-origin"), Some("*"), "the upstream's own, untouched");
+        assert!(header(&foreign, "vary").is_none());
+        assert_eq!(echoed(foreign).await["count"], 2);
+        let plain = keyed_get(&gw, "/weather/v1/today", None).await;
+        assert_eq!(header(&plain, "access-control-allow-origin"), Some("*"));
+        assert!(header(&plain, "vary").is_none());
+        assert_eq!(echoed(plain).await["count"], 3);
+        // A look-alike of the docs origin is another origin.
+        let lookalike = preflight(&gw, "/weather/v1/today", "http://127.0.0.1:80030", "GET", "").await;
+        problem(lookalike, 405, "method-not-allowed").await;
+    }
+
+    #[tokio::test]
+    async fn docs_origins_are_allowed_beside_a_versions_own_cors_policy() {
+        let up = CountingServer::start().await;
+        let gw = docs_gateway(&[PORTAL]).await;
+        let mut content = docs_versions(&up);
+        // Deprecated versions are served, so their docs work too.
+        content.versions[1].state = VersionState::Deprecated;
+        content.versions[1].deprecated_at = Some(Utc::now());
+        gw.publish(1, content).await;
+
+        // The policy's origins are served as the policy says (credentials included).
+        let app = preflight(&gw, "/cors/pets", "https://app.example", "GET", "x-token").await;
+        assert_eq!(app.status(), 204);
+        assert_eq!(header(&app, "access-control-allow-credentials"), Some("true"));
+        assert_eq!(header(&app, "access-control-allow-headers"), Some("x-token"));
+        // The docs origin gets the docs rules, with the policy's headers added.
+        let docs = preflight(&gw, "/cors/pets", PORTAL, "POST", "x-weather-key, x-token").await;
+        assert_eq!(docs.status(), 204);
+        assert_eq!(header(&docs, "access-control-allow-origin"), Some(PORTAL));
+        assert!(header(&docs, "access-control-allow-credentials").is_none());
+        assert_eq!(
+            header(&docs, "access-control-allow-headers"),
+            Some("accept, content-type, authorization, x-weather-key, x-token")
+        );
+        // Anyone else is still refused by the policy.
+        problem(preflight(&gw, "/cors/pets", "https://evil.example", "GET", "").await, 403, "cors-refused").await;
+        assert_eq!(up.count(), 0);
+
+        let answered = keyed_get(&gw, "/cors/pets", Some(PORTAL)).await;
+        assert_eq!(header(&answered, "access-control-allow-origin"), Some(PORTAL));
+        assert_eq!(header(&answered, "access-control-expose-headers"), Some("x-total"));
+        assert!(header(&answered, "access-control-allow-credentials").is_none());
+        assert!(header(&answered, "deprecation").is_some());
+        echoed(answered).await;
+        let app = keyed_get(&gw, "/cors/pets", Some("https://admin.example")).await;
+        assert_eq!(header(&app, "access-control-allow-origin"), Some("https://admin.example"));
+        assert_eq!(header(&app, "access-control-allow-credentials"), Some("true"));
+        let foreign = keyed_get(&gw, "/cors/pets", Some("https://evil.example")).await;
+        assert!(header(&foreign, "access-control-allow-origin").is_none(), "the policy replaces the upstream's");
+        assert_eq!(header(&foreign, "vary"), Some("Origin"));
+    }
+
+    #[tokio::test]
+    async fn without_docs_origins_the_portal_gets_no_cors() {
+        let up = CountingServer::start().await;
+        let gw = docs_gateway(&[]).await;
+        gw.publish(1, docs_versions(&up)).await;
+        let refused = preflight(&gw, "/weather/v1/today", PORTAL, "GET", "x-weather-key").await;
+        assert!(header(&refused, "access-control-allow-origin").is_none());
+        problem(refused, 405, "method-not-allowed").await;
+        let plain = keyed_get(&gw, "/weather/v1/today", Some(PORTAL)).await;
+        assert_eq!(header(&plain, "access-control-allow-origin"), Some("*"), "the upstream's own, untouched");
+        assert!(header(&plain, "vary").is_none());
+        echoed(plain).await;
+        // A version's own policy does not list the portal: it is refused like any origin.
+        problem(preflight(&gw, "/cors/pets", PORTAL, "GET", "").await, 403, "cors-refused").await;
     }
 
     #[tokio::test]

@@ -22,6 +22,7 @@ use turnpike_store::portal::{sessions, tokens};
 use turnpike_store::{Actor, StoreError};
 
 use crate::csrf::CsrfForm;
+use crate::oidc::ProviderLink;
 use crate::pages::{CSRF_KEY, FieldErrors, FlashKind, FormContext, PageContext, PageError, SignedIn, flash, render};
 use crate::rules::{self, DECOY_HASH};
 use crate::session_store::DEVELOPER_KEY;
@@ -309,6 +310,8 @@ struct SignInPage {
     email: String,
     next: String,
     error: Option<&'static str>,
+    /// "Sign in with …" links to the OpenID providers.
+    providers: Vec<ProviderLink>,
 }
 
 #[derive(Deserialize)]
@@ -321,12 +324,17 @@ fn safe_next_or_home(next: &str) -> String {
     rules::safe_next(next).unwrap_or("/").to_owned()
 }
 
-async fn sign_in_page(FormContext(ctx): FormContext, Query(query): Query<NextQuery>) -> Response {
+async fn sign_in_page(
+    State(state): State<PortalState>,
+    FormContext(ctx): FormContext,
+    Query(query): Query<NextQuery>,
+) -> Response {
     let next = safe_next_or_home(&query.next);
     if ctx.developer.is_some() {
         return Redirect::to(&next).into_response();
     }
-    render(StatusCode::OK, &SignInPage { ctx, email: String::new(), next, error: None })
+    let providers = state.oidc.links(&next);
+    render(StatusCode::OK, &SignInPage { ctx, email: String::new(), next, error: None, providers })
 }
 
 #[derive(Deserialize)]
@@ -348,15 +356,22 @@ async fn sign_in(
 ) -> Result<Response, PageError> {
     let next = safe_next_or_home(&form.next);
     let Some(account) = authenticate(&state, &normalize_email(&form.email), form.password, ip).await? else {
-        let page = SignInPage { ctx, email: form.email, next, error: Some(SIGN_IN_REFUSED) };
+        let providers = state.oidc.links(&next);
+        let page = SignInPage { ctx, email: form.email, next, error: Some(SIGN_IN_REFUSED), providers };
         return Ok(render(StatusCode::BAD_REQUEST, &page));
     };
-    // A new id for the signed-in session (no fixation), and a new CSRF token with it.
+    start_signed_in_session(&session, &account.id).await?;
+    Ok(Redirect::to(&next).into_response())
+}
+
+/// Signs `developer_id` in on this browser: a new session id (no fixation), and a new
+/// CSRF token with it.
+pub(crate) async fn start_signed_in_session(session: &Session, developer_id: &str) -> Result<(), PageError> {
     session.cycle_id().await.map_err(PageError::internal)?;
-    session.insert(DEVELOPER_KEY, &account.id).await.map_err(PageError::internal)?;
+    session.insert(DEVELOPER_KEY, developer_id).await.map_err(PageError::internal)?;
     session.insert(CSRF_KEY, rules::new_token()).await.map_err(PageError::internal)?;
     session.set_expiry(Some(Expiry::OnInactivity(SIGNED_IN_SESSION)));
-    Ok(Redirect::to(&next).into_response())
+    Ok(())
 }
 
 /// The account if `password` is right for `email`, the address is confirmed and

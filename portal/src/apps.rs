@@ -30,6 +30,8 @@ pub(crate) fn routes() -> Router<PortalState> {
     Router::new()
         .route("/apps", get(apps_page).post(create_app))
         .route("/apps/{id}", get(app_page))
+        .route("/apps/{id}/edit", post(edit_app))
+        .route("/apps/{id}/delete", post(delete_app))
         .route("/apps/{id}/subscriptions", post(subscribe))
         .route("/apps/{id}/keys", post(create_key))
         .route("/apps/{id}/keys/{key}/rotate", post(rotate_key))
@@ -195,6 +197,67 @@ async fn create_app(
 
 // ---------------------------------------------------------------- one application
 
+/// The settings form (its fields are named apart from the key form's on the same page).
+#[derive(Debug, Default, Deserialize)]
+struct EditForm {
+    #[serde(default, rename = "app-name")]
+    name: String,
+    #[serde(default, rename = "app-description")]
+    description: String,
+}
+
+/// Renames an application or changes its description.
+async fn edit_app(
+    State(state): State<PortalState>,
+    SignedIn(viewer): SignedIn,
+    FormContext(ctx): FormContext,
+    session: Session,
+    Path(id): Path<String>,
+    CsrfForm(form): CsrfForm<EditForm>,
+) -> Result<Response, PageError> {
+    let app = own_app(&state, &viewer.id, &id).await?;
+    let patch = serde_json::json!({ "name": form.name.trim(), "description": form.description.trim() });
+    let change = state.store.change(&actor(&viewer.id)).await?;
+    if let Err(e) = applications::patch(&change, &app.id, &patch).await {
+        drop(change);
+        let settings_errors = field_errors(e, &["name", "description"], "name")?;
+        let settings = AppForm { name: form.name, description: form.description };
+        let page = AppPage { settings, settings_errors, ..AppPage::load(&state, ctx, &app).await? };
+        return Ok(render(StatusCode::BAD_REQUEST, &page));
+    }
+    state.publisher.commit(change).await?;
+    flash(&session, FlashKind::Success, "Application settings saved.").await?;
+    Ok(Redirect::to(&format!("/apps/{}", app.id)).into_response())
+}
+
+/// A form whose checkbox confirms something that cannot be undone (`confirm=yes`).
+#[derive(Debug, Default, Deserialize)]
+struct ConfirmForm {
+    #[serde(default)]
+    confirm: String,
+}
+
+/// Deletes an application with its subscriptions and keys (they stop working at once).
+async fn delete_app(
+    State(state): State<PortalState>,
+    SignedIn(viewer): SignedIn,
+    session: Session,
+    Path(id): Path<String>,
+    CsrfForm(form): CsrfForm<ConfirmForm>,
+) -> Result<Response, PageError> {
+    let app = own_app(&state, &viewer.id, &id).await?;
+    if form.confirm != "yes" {
+        flash(&session, FlashKind::Error, "Tick the box to confirm deleting the application.").await?;
+        return Ok(Redirect::to(&format!("/apps/{}", app.id)).into_response());
+    }
+    let change = state.store.change(&actor(&viewer.id)).await?;
+    applications::delete(&change, &app.id).await?;
+    state.publisher.commit(change).await?;
+    let text = format!("Application “{}” deleted; its keys no longer work.", app.name);
+    flash(&session, FlashKind::Success, text).await?;
+    Ok(Redirect::to("/apps").into_response())
+}
+
 /// A published version that takes new subscriptions, as the subscribe form lists it.
 pub struct VersionChoice {
     pub id: String,
@@ -255,6 +318,9 @@ struct AppPage {
     key: KeyFormValues,
     subscribe_errors: FieldErrors,
     key_errors: FieldErrors,
+    /// The settings form's values (the application's own until a failed edit).
+    settings: AppForm,
+    settings_errors: FieldErrors,
 }
 
 #[derive(Default)]
@@ -332,9 +398,12 @@ impl AppPage {
                 expires: k.expires_at.as_ref().map_or_else(|| "never".to_owned(), format_time),
             })
             .collect();
+        let record = applications::get(db, &app.id).await?;
         Ok(AppPage {
             ctx,
-            app: applications::get(db, &app.id).await?,
+            settings: AppForm { name: record.input.name.clone(), description: record.input.description.clone() },
+            settings_errors: FieldErrors::default(),
+            app: record,
             subscriptions,
             versions: choices,
             plans,
@@ -523,18 +592,12 @@ async fn rotate_key(
     Ok(render(StatusCode::OK, &page))
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct RevokeForm {
-    #[serde(default)]
-    confirm: String,
-}
-
 async fn revoke_key(
     State(state): State<PortalState>,
     SignedIn(viewer): SignedIn,
     session: Session,
     Path((id, key_id)): Path<(String, String)>,
-    CsrfForm(form): CsrfForm<RevokeForm>,
+    CsrfForm(form): CsrfForm<ConfirmForm>,
 ) -> Result<Response, PageError> {
     let app = own_app(&state, &viewer.id, &id).await?;
     let key = keys::get(state.store.db(), &app, &key_id).await?;
@@ -545,7 +608,7 @@ async fn revoke_key(
             format!("Tick the box to confirm revoking the key {}….", shown_prefix(&key.prefix)),
         )
         .await?;
-        return Ok(Redirect::to(&format!("/apps/{}#keys", app.id)).into_response());
+        return Ok(Redirect::to(&format!("/apps/{}", app.id)).into_response());
     }
     let change = state.store.change(&actor(&viewer.id)).await?;
     keys::revoke(&change, &app, &key.id).await?;
@@ -556,7 +619,7 @@ async fn revoke_key(
         format!("The key {}… is revoked; it no longer works.", shown_prefix(&key.prefix)),
     )
     .await?;
-    Ok(Redirect::to(&format!("/apps/{}#keys", app.id)).into_response())
+    Ok(Redirect::to(&format!("/apps/{}", app.id)).into_response())
 }
 
 #[cfg(test)]

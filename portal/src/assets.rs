@@ -13,6 +13,7 @@ use crate::pages::PageError;
 /// Path under `/static/`, content type, contents.
 const ASSETS: &[(&str, &str, &[u8])] = &[
     ("portal.css", "text/css; charset=utf-8", include_bytes!("../../static/portal/portal.css")),
+    ("favicon.svg", "image/svg+xml", include_bytes!("../../static/portal/favicon.svg")),
     ("portal-copy.js", "text/javascript; charset=utf-8", include_bytes!("../../static/portal/portal-copy.js")),
     // The interactive reference docs (catalog.rs): Swagger UI, vendored, and its start-up script.
     ("docs.js", "text/javascript; charset=utf-8", include_bytes!("../../static/portal/docs.js")),

@@ -13,6 +13,8 @@
 //! - `session_store.rs` — tower-sessions over the platform database.
 //! - `mail.rs` — the `Mailer` trait: SMTP (lettre) or the development outbox.
 //! - `outbox.rs` — the development outbox pages.
+//! - `oidc.rs` — single sign-on with OpenID Connect (code flow, PKCE, state, nonce)
+//!   and the rule that links or creates accounts by verified email.
 //! - `apps.rs` — applications, subscriptions and self-service API keys.
 //! - `catalog.rs` — the API catalogue, API pages and interactive reference docs.
 //! - `assets.rs` — `/static/`.
@@ -24,6 +26,7 @@ mod assets;
 mod catalog;
 pub mod csrf;
 pub mod mail;
+pub mod oidc;
 mod outbox;
 pub mod pages;
 pub mod rules;
@@ -47,6 +50,7 @@ use turnpike_store::Store;
 use turnpike_store::publish::Publisher;
 
 use crate::mail::{Mailer, OutboxMailer, SmtpMailer};
+use crate::oidc::Providers;
 use crate::rules::{FailureCounter, THROTTLE_LIMIT, THROTTLE_WINDOW};
 use crate::session_store::DbSessionStore;
 
@@ -82,6 +86,17 @@ pub struct Inner {
     /// Failed sign-ins per account and per client address. Node-local, like the
     /// gateway's rate limits: a cluster of portal nodes multiplies the allowance.
     pub(crate) failures: Mutex<FailureCounter>,
+    /// The OpenID providers people may sign in with.
+    pub(crate) oidc: Providers,
+}
+
+/// Settings the portal cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Mail(#[from] mail::MailError),
+    #[error("portal.oidc: {0}")]
+    Oidc(String),
 }
 
 impl std::ops::Deref for PortalState {
@@ -99,12 +114,12 @@ impl PortalState {
         hasher: KeyHasher,
         settings: Settings,
         publisher: Publisher,
-    ) -> Result<Self, mail::MailError> {
+    ) -> Result<Self, SetupError> {
         let mailer: Arc<dyn Mailer> = match &settings.smtp_url {
             Some(url) => Arc::new(SmtpMailer::new(url, &settings.smtp_from)?),
             None => Arc::new(OutboxMailer::new(store.clone())),
         };
-        Ok(PortalState::with_mailer(store, hasher, settings, mailer, publisher))
+        PortalState::with_mailer(store, hasher, settings, mailer, publisher)
     }
 
     pub fn with_mailer(
@@ -113,9 +128,10 @@ impl PortalState {
         settings: Settings,
         mailer: Arc<dyn Mailer>,
         publisher: Publisher,
-    ) -> Self {
+    ) -> Result<Self, SetupError> {
         let failures = Mutex::new(FailureCounter::new(THROTTLE_LIMIT, THROTTLE_WINDOW, THROTTLE_CAPACITY));
-        PortalState(Arc::new(Inner { store, hasher, mailer, settings, publisher, failures }))
+        let oidc = Providers::new(&settings.oidc_providers, &settings.public_url).map_err(SetupError::Oidc)?;
+        Ok(PortalState(Arc::new(Inner { store, hasher, mailer, settings, publisher, failures, oidc })))
     }
 }
 
@@ -154,6 +170,7 @@ pub fn router(state: PortalState) -> Router {
         .with_path("/")
         .with_expiry(Expiry::OnInactivity(ANONYMOUS_SESSION));
     accounts::routes()
+        .merge(oidc::routes())
         .merge(outbox::routes())
         .merge(catalog::routes())
         .merge(apps::routes())

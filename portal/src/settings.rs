@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use crate::mail::{Sender, SmtpUrl};
+use crate::oidc::OidcProviderSettings;
 
 /// Where people reach the portal: `scheme://host[:port]`, used for links in mail and
 /// to decide whether the session cookie is `Secure` (when it is `https`).
@@ -85,14 +86,16 @@ pub struct Settings {
     /// Where API consumers reach the gateway (`https://api.example.com`): the interactive
     /// docs send their "try it" requests there.
     pub gateway_url: PublicUrl,
+    /// OpenID providers people may sign in with, besides a password.
+    pub oidc_providers: Vec<OidcProviderSettings>,
 }
 
 impl Settings {
     /// Development settings: links to `public_url`, mail to the outbox, the gateway on
-    /// `http://127.0.0.1:8000`.
+    /// `http://127.0.0.1:8000`, no OpenID providers.
     pub fn new(public_url: PublicUrl) -> Settings {
         let gateway_url = PublicUrl::from_listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8000));
-        Settings { public_url, smtp_url: None, smtp_from: Sender::default(), gateway_url }
+        Settings { public_url, smtp_url: None, smtp_from: Sender::default(), gateway_url, oidc_providers: Vec::new() }
     }
 }
 

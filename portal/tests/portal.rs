@@ -10,7 +10,13 @@ mod support;
 mod accounts;
 #[path = "portal/apps.rs"]
 mod apps;
+#[path = "portal/browser.rs"]
+mod browser;
 #[path = "portal/catalog.rs"]
 mod catalog;
+#[path = "portal/mail.rs"]
+mod mail;
+#[path = "portal/oidc.rs"]
+mod oidc;
 #[path = "portal/store.rs"]
 mod store;

@@ -113,6 +113,11 @@ pub(super) const OPTIONS: &[EnvOption] = &[
         set: |c, v| path(v).map(|file| c.gateway.snapshot_file = Some(file)),
     },
     EnvOption {
+        key: "gateway.docs_origins",
+        vars: &["TURNPIKE_GATEWAY_DOCS_ORIGINS"],
+        set: |c, v| parse_origin_list(v).map(|origins| c.gateway.docs_origins = Some(origins)),
+    },
+    EnvOption {
         key: "upstreams.allow_private_targets",
         vars: &["TURNPIKE_UPSTREAMS_ALLOW_PRIVATE_TARGETS"],
         set: |c, v| parse_bool(v).map(|allow| c.upstreams.allow_private_targets = allow),
@@ -174,6 +179,15 @@ pub(super) const OPTIONS: &[EnvOption] = &[
         set: |c, v| v.parse().map(|format| c.log.format = format),
     },
 ];
+
+/// Comma-separated origins; `none` for none (an empty value counts as unset).
+fn parse_origin_list(text: &str) -> Result<Vec<turnpike_gateway::Origin>, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    let origins = text.split(',').map(str::trim).filter(|o| !o.is_empty());
+    origins.map(|o| o.parse().map_err(|e: turnpike_gateway::InvalidOrigin| e.to_string())).collect()
+}
 
 /// Any non-empty text is a path; empty values never get here (see [`Env::get`]).
 fn path(text: &str) -> Result<PathBuf, String> {

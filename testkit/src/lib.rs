@@ -1,5 +1,6 @@
-//! Test-only helpers: start real services (PostgreSQL today; Redis and ClickHouse later) as child
-//! processes on free loopback ports, and find the repository's files from tests.
+//! Test-only helpers: start real services (PostgreSQL, an OpenID provider, ChromeDriver with
+//! headless Chromium; Redis and ClickHouse later) as child processes on free loopback ports, and
+//! find the repository's files from tests.
 //!
 //! Everything here is blocking and uses only `std`, so it works the same from plain `#[test]`s and
 //! from any tokio runtime (each `#[tokio::test]` has its own runtime; a `'static` server must not be
@@ -17,8 +18,11 @@
 //! ```
 
 mod child;
+mod oidc;
 mod postgres;
 mod privilege;
+mod smtp;
+mod webdriver;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -26,8 +30,11 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 pub use child::{ChildService, StopSignal};
+pub use oidc::{OidcAccount, OidcClient, OidcOptions, OidcProvider};
 pub use postgres::{PgBinaries, Postgres};
 pub use privilege::RunAs;
+pub use smtp::{AuthAttempt, ReceivedMail, SmtpServer};
+pub use webdriver::{ChromeDriver, JAVASCRIPT_OFF, artifacts_dir};
 
 /// Why a service could not be started or used.
 #[derive(Debug, thiserror::Error)]

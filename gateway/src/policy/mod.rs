@@ -13,7 +13,7 @@ use std::sync::Arc;
 use turnpike_domain::snapshot::SnapshotVersion;
 
 use self::cache::{CachePolicy, ResponseCache};
-use self::cors::Cors;
+use self::cors::{Origin, VersionCors};
 use self::ip::IpRules;
 use self::transform::{HeaderTransform, Side};
 
@@ -21,7 +21,8 @@ use self::transform::{HeaderTransform, Side};
 #[derive(Debug, Default)]
 pub struct VersionPolicies {
     pub ip: Option<IpRules>,
-    pub cors: Option<Cors>,
+    /// The version's CORS policy and the docs origins' rules (see `cors`).
+    pub cors: Option<VersionCors>,
     pub request_headers: HeaderTransform,
     pub response_headers: HeaderTransform,
     pub cache: Option<CachePolicy>,
@@ -29,13 +30,18 @@ pub struct VersionPolicies {
 
 impl VersionPolicies {
     /// Compiles a version's policies. Unusable entries are logged and left out; the
-    /// control plane validates, so only a hand-made snapshot has them.
-    pub fn compile(version: &SnapshotVersion, responses: &Arc<ResponseCache>) -> VersionPolicies {
+    /// control plane validates, so only a hand-made snapshot has them. `docs_origins`
+    /// (the gateway setting) get CORS on every version.
+    pub fn compile(
+        version: &SnapshotVersion,
+        responses: &Arc<ResponseCache>,
+        docs_origins: &[Origin],
+    ) -> VersionPolicies {
         let p = &version.policies;
         let id = version.id.as_str();
         VersionPolicies {
             ip: p.ip.as_ref().and_then(|rules| IpRules::compile(rules, id)),
-            cors: p.cors.as_ref().map(|cors| Cors::compile(cors, id)),
+            cors: VersionCors::compile(p, docs_origins, id),
             request_headers: HeaderTransform::compile(&p.request_headers, Side::Request, id),
             response_headers: HeaderTransform::compile(&p.response_headers, Side::Response, id),
             cache: p.cache.as_ref().map(|cache| CachePolicy::compile(cache, version, responses)),

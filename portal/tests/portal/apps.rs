@@ -15,7 +15,7 @@ use turnpike_store::{Actor, Change, StoreError, apis, keys, plans, routes, upstr
 use crate::support::{Backend, Browser, PASSWORD, Page, TestPortal};
 
 /// A gateway following the portal's bus and credentials; returns its base URL.
-async fn start_gateway(portal: &TestPortal) -> (String, turnpike_gateway::ConfigStore) {
+pub(crate) async fn start_gateway(portal: &TestPortal) -> (String, turnpike_gateway::ConfigStore) {
     let gateway = turnpike_gateway::ConfigStore::with_consumers(turnpike_gateway::consumer::Consumers {
         credentials: portal.credentials.clone(),
         hasher: Some(portal.hasher.clone()),
@@ -34,7 +34,7 @@ async fn start_gateway(portal: &TestPortal) -> (String, turnpike_gateway::Config
 }
 
 /// A real upstream on a loopback port answering every request with 200 "weather".
-async fn start_upstream() -> String {
+pub(crate) async fn start_upstream() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = axum::Router::new().fallback(|| async { "weather" });
@@ -51,7 +51,7 @@ struct Catalog {
     gated: String,
 }
 
-fn json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+pub(crate) fn json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
     serde_json::from_value(value).unwrap()
 }
 
@@ -88,7 +88,7 @@ async fn catalog(portal: &TestPortal, upstream: &str) -> Catalog {
 }
 
 /// Calls the weather API through the gateway with `key`.
-async fn call(gateway: &str, key: &str) -> StatusCode {
+pub(crate) async fn call(gateway: &str, key: &str) -> StatusCode {
     reqwest::Client::new()
         .get(format!("{gateway}/weather/v1/today"))
         .header("x-api-key", key)
@@ -99,7 +99,7 @@ async fn call(gateway: &str, key: &str) -> StatusCode {
 }
 
 /// Polls until the gateway answers `want` for `key`, for at most `within`.
-async fn eventually(gateway: &str, key: &str, want: StatusCode, within: Duration) {
+pub(crate) async fn eventually(gateway: &str, key: &str, want: StatusCode, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let got = call(gateway, key).await;
@@ -220,11 +220,11 @@ async fn keys_at_the_gateway(portal: TestPortal) {
     // Revoking needs the confirmation box.
     let revoke_path = format!("{keys_path}/{key_id}/revoke");
     let unconfirmed = ann.submit(&app_path, &revoke_path, &[]).await;
-    unconfirmed.assert_redirect(&format!("{app_path}#keys"));
+    unconfirmed.assert_redirect(&app_path);
     assert!(ann.follow(&unconfirmed).await.body.contains("Tick the box"));
     assert_eq!(call(&gateway, &key).await, StatusCode::OK);
     let revoked = ann.submit(&app_path, &revoke_path, &[("confirm", "yes")]).await;
-    revoked.assert_redirect(&format!("{app_path}#keys"));
+    revoked.assert_redirect(&app_path);
     eventually(&gateway, &key, StatusCode::UNAUTHORIZED, Duration::from_secs(1)).await;
     assert!(ann.get(&app_path).await.body.contains("state-revoked"));
 
@@ -287,6 +287,8 @@ async fn isolation(portal: TestPortal) {
         (format!("{app_path}/subscriptions"), vec![("version_id", &catalog.version), ("plan_id", &catalog.free)]),
         (format!("{app_path}/keys/{key_id}/revoke"), vec![("confirm", "yes")]),
         (format!("{app_path}/keys/{key_id}/rotate"), vec![("grace", "0")]),
+        (format!("{app_path}/edit"), vec![("app-name", "Renamed by Bob")]),
+        (format!("{app_path}/delete"), vec![("confirm", "yes")]),
         // Ann's key under Bob's own application.
         (format!("/apps/{bob_app}/keys/{key_id}/revoke"), vec![("confirm", "yes")]),
         (format!("/apps/{bob_app}/keys/{key_id}/rotate"), vec![("grace", "0")]),
@@ -304,6 +306,7 @@ async fn isolation(portal: TestPortal) {
     assert_eq!(ann_keys.len(), 1);
     assert!(ann_keys[0].revoked_at.is_none() && ann_keys[0].expires_at.is_none());
     assert!(key_ids(&portal, &bob_app).await.is_empty());
+    assert_eq!(turnpike_store::applications::get(portal.store.db(), &app).await.unwrap().input.name, "Ann's app");
 
     // A form without the session's token is refused and changes nothing.
     for fields in [vec![("name", "no token")], vec![("csrf", "forged"), ("name", "bad token")]] {
@@ -315,4 +318,54 @@ async fn isolation(portal: TestPortal) {
     assert!(key_ids(&portal, &bob_app).await.is_empty());
     let bob_apps = turnpike_store::applications::list(portal.store.db(), None, all).await.unwrap();
     assert_eq!(bob_apps.items.len(), 2, "no application was created without a token");
+}
+
+#[tokio::test]
+async fn applications_are_renamed_and_deleted_with_their_keys() {
+    let portal = TestPortal::start().await;
+    let (gateway, config) = start_gateway(&portal).await;
+    let upstream = start_upstream().await;
+    let catalog = catalog(&portal, &upstream).await;
+    let latest = turnpike_store::snapshots::latest(portal.store.db()).await.unwrap().unwrap().version;
+    tokio::time::timeout(Duration::from_secs(5), config.wait_for_version(latest)).await.unwrap();
+    let mut ann = portal.signed_in("ann@example.com").await;
+    let app = create_app(&mut ann, "Weather station").await;
+    let app_path = format!("/apps/{app}");
+    let subscribe = [("version_id", catalog.version.as_str()), ("plan_id", catalog.free.as_str())];
+    ann.submit(&app_path, &format!("{app_path}/subscriptions"), &subscribe).await.assert_redirect(&app_path);
+    let key = key_on(&ann.submit(&app_path, &format!("{app_path}/keys"), &[("name", "server")]).await);
+    assert_eq!(call(&gateway, &key).await, StatusCode::OK);
+
+    // Rename: a bad name is refused with the typed values kept, and nothing changes.
+    let edit = format!("{app_path}/edit");
+    let refused = ann.submit(&app_path, &edit, &[("app-name", " "), ("app-description", "Kept text")]).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.body.contains(r#"id="app-name-error""#), "{}", refused.body);
+    assert!(refused.body.contains("Kept text"), "{}", refused.body);
+    let db = portal.store.db();
+    assert_eq!(turnpike_store::applications::get(db, &app).await.unwrap().input.name, "Weather station");
+    let saved = ann.submit(&app_path, &edit, &[("app-name", "Tide gauge"), ("app-description", "Sea levels")]).await;
+    saved.assert_redirect(&app_path);
+    let page = ann.follow(&saved).await;
+    assert!(page.body.contains("<h1>Tide gauge</h1>") && page.body.contains("Sea levels"), "{}", page.body);
+    assert!(page.body.contains("Application settings saved."), "{}", page.body);
+    assert_eq!(call(&gateway, &key).await, StatusCode::OK, "a rename leaves the keys working");
+
+    // Delete: needs the box ticked; then the application, its subscription and keys go.
+    let delete = format!("{app_path}/delete");
+    let unconfirmed = ann.submit(&app_path, &delete, &[]).await;
+    unconfirmed.assert_redirect(&app_path);
+    assert!(ann.follow(&unconfirmed).await.body.contains("Tick the box to confirm deleting"));
+    assert_eq!(call(&gateway, &key).await, StatusCode::OK);
+    let deleted = ann.submit(&app_path, &delete, &[("confirm", "yes")]).await;
+    deleted.assert_redirect("/apps");
+    let page = ann.follow(&deleted).await;
+    assert!(page.body.contains("Application “Tide gauge” deleted"), "{}", page.body);
+    assert!(page.body.contains("no applications yet"), "{}", page.body);
+    assert_eq!(ann.get(&app_path).await.status, StatusCode::NOT_FOUND);
+    eventually(&gateway, &key, StatusCode::UNAUTHORIZED, Duration::from_secs(1)).await;
+    let filter =
+        turnpike_store::subscriptions::SubscriptionFilter { application_id: Some(app.clone()), ..Default::default() };
+    let all = turnpike_store::PageParams { page: 1, per_page: 50 };
+    assert!(turnpike_store::subscriptions::list(db, &filter, all).await.unwrap().items.is_empty());
 }

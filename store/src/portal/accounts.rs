@@ -117,3 +117,29 @@ pub async fn rename(change: &Change<'_>, developer_id: &str, name: &str) -> Resu
     developers::patch(change, developer_id, &serde_json::json!({ "name": name })).await?;
     Ok(())
 }
+
+/// Creates a developer whose address an OpenID Connect provider has verified: no
+/// password (they sign in through the provider, or set one by a reset link), the
+/// address confirmed at `verified_at`. A taken email is a [`StoreError::Conflict`].
+pub async fn sign_up_verified(
+    change: &Change<'_>,
+    email: &str,
+    name: &str,
+    verified_at: DateTime<Utc>,
+) -> Result<Account, StoreError> {
+    let developer =
+        developers::create(change, DeveloperInput { email: email.to_owned(), name: name.to_owned() }).await?;
+    change.audit("developer.sign_up", "developer", &developer.id, serde_json::json!({ "via": "oidc" })).await?;
+    mark_email_verified(change, &developer.id, verified_at).await?;
+    find(change.txn(), &developer.id).await?.ok_or_else(|| StoreError::not_found("developer", developer.id))
+}
+
+/// Removes a developer's password, if they have one: they sign in through a provider
+/// (or set a new password by a reset link).
+pub async fn remove_password(change: &Change<'_>, developer_id: &str) -> Result<(), StoreError> {
+    let removed = developer_passwords::Entity::delete_by_id(developer_id).exec(change.txn()).await?.rows_affected;
+    if removed > 0 {
+        change.audit("developer.password_removed", "developer", developer_id, serde_json::json!({})).await?;
+    }
+    Ok(())
+}
