@@ -113,8 +113,7 @@ pub struct GatewayConfig {
     pub snapshot_file: Option<PathBuf>,
     /// Origins (`scheme://host[:port]`) whose pages may call every API version cross-origin,
     /// without credentials: the developer portal's interactive docs ("try it"). `None` means the
-    /// portal's public URL; an empty list turns it off. Use [`GatewayConfig::docs_origins_for`]
-    /// to get the resolved list.
+    /// portal's public URL (see [`Config::docs_origins`]); an empty list turns it off.
     pub docs_origins: Option<Vec<turnpike_gateway::Origin>>,
 }
 
@@ -201,6 +200,10 @@ pub struct OidcProviderConfig {
     /// A file holding the client secret (trailing newline ignored).
     #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
+    /// Let a first sign-in open the existing account with the provider's verified email
+    /// (and link it). Off by default: the owner links the provider from their account page.
+    #[serde(default)]
+    pub link_existing_by_email: bool,
 }
 
 impl std::fmt::Debug for OidcProviderConfig {
@@ -212,6 +215,7 @@ impl std::fmt::Debug for OidcProviderConfig {
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret.as_ref().map(|_| "<redacted>"))
             .field("client_secret_file", &self.client_secret_file)
+            .field("link_existing_by_email", &self.link_existing_by_email)
             .finish()
     }
 }
@@ -224,6 +228,7 @@ impl OidcProviderConfig {
             issuer: self.issuer.clone(),
             client_id: self.client_id.clone(),
             client_secret,
+            link_existing_by_email: self.link_existing_by_email,
         }
     }
 
@@ -374,21 +379,6 @@ impl GatewayConfig {
             workers: if self.workers == 0 { turnpike_gateway::default_workers() } else { self.workers },
         }
     }
-
-    /// The docs origins the gateway allows ([`turnpike_gateway::ConfigStore::with_docs_origins`]):
-    /// the configured ones, or the origin of `portal_url` (the portal's public URL).
-    pub fn docs_origins_for(&self, portal_url: &turnpike_portal::PublicUrl) -> Vec<turnpike_gateway::Origin> {
-        match &self.docs_origins {
-            Some(origins) => origins.clone(),
-            None => match portal_url.as_str().parse() {
-                Ok(origin) => vec![origin],
-                Err(e) => {
-                    tracing::warn!(error = %e, "the portal's public URL is no origin; no docs origins");
-                    Vec::new()
-                }
-            },
-        }
-    }
 }
 
 impl Default for AdminConfig {
@@ -489,6 +479,26 @@ impl Config {
         match &self.database.url {
             Some(url) => url.as_str().to_owned(),
             None => sqlite_url(&self.data_dir.join(SQLITE_FILE)),
+        }
+    }
+
+    /// The docs origins the gateway allows ([`turnpike_gateway::ConfigStore::with_docs_origins`]):
+    /// `gateway.docs_origins` when set; else the origin of the portal's public URL when the
+    /// portal runs in this process (`portal_here`) or `portal.public_url` is set; else none (a
+    /// gateway-only node does not guess where a portal is).
+    pub fn docs_origins(&self, portal_here: bool) -> Vec<turnpike_gateway::Origin> {
+        if let Some(origins) = &self.gateway.docs_origins {
+            return origins.clone();
+        }
+        if !portal_here && self.portal.public_url.is_none() {
+            return Vec::new();
+        }
+        match self.portal.public_url().as_str().parse() {
+            Ok(origin) => vec![origin],
+            Err(e) => {
+                tracing::warn!(error = %e, "the portal's public URL is no origin; no docs origins");
+                Vec::new()
+            }
         }
     }
 
@@ -838,12 +848,14 @@ mod tests {
 
     #[test]
     fn docs_origins_default_to_the_portals_origin_and_are_checked() {
-        let resolved = |config: &Config| -> Vec<String> {
-            config.gateway.docs_origins_for(&config.portal.public_url()).iter().map(|o| o.to_string()).collect()
-        };
+        let resolved =
+            |config: &Config| -> Vec<String> { config.docs_origins(true).iter().map(|o| o.to_string()).collect() };
         assert_eq!(resolved(&Config::default()), ["http://127.0.0.1:8003"]);
+        // A gateway-only node allows the portal only when told where it is.
+        assert!(Config::default().docs_origins(false).is_empty());
         let config = load("[portal]\npublic_url = \"https://Portal.Example.com:443/\"\n", &[]).unwrap();
         assert_eq!(resolved(&config), ["https://portal.example.com"]);
+        assert_eq!(config.docs_origins(false), config.docs_origins(true));
         let config = load("", &[("TURNPIKE_PORTAL_LISTEN", "0.0.0.0:9003")]).unwrap();
         assert_eq!(resolved(&config), ["http://127.0.0.1:9003"]);
 

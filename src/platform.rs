@@ -244,7 +244,7 @@ pub async fn serve(config: &Config, planes: &[Plane]) -> anyhow::Result<()> {
         })
         .with_target_policy(config.upstreams.target_policy())
         // The portal's "try it" calls the gateway from the portal's pages.
-        .with_docs_origins(config.gateway.docs_origins_for(&config.portal.public_url()))
+        .with_docs_origins(config.docs_origins(runs(Plane::Portal)))
         // Before the bus delivers anything: a node whose control plane is down serves
         // the configuration it last had.
         .with_last_known_good(turnpike_gateway::LastKnownGood::new(config.gateway_snapshot_file()));

@@ -18,11 +18,11 @@ use serde::Deserialize;
 use tower_sessions::{Expiry, Session};
 use turnpike_domain::validate;
 use turnpike_store::portal::accounts::{self, Account, normalize_email};
-use turnpike_store::portal::{sessions, tokens};
+use turnpike_store::portal::{identities, sessions, tokens};
 use turnpike_store::{Actor, StoreError};
 
 use crate::csrf::CsrfForm;
-use crate::oidc::ProviderLink;
+use crate::oidc::{ProviderLink, ProviderStatus};
 use crate::pages::{CSRF_KEY, FieldErrors, FlashKind, FormContext, PageContext, PageError, SignedIn, flash, render};
 use crate::rules::{self, DECOY_HASH};
 use crate::session_store::DEVELOPER_KEY;
@@ -571,12 +571,16 @@ struct AccountPage {
     has_password: bool,
     name_errors: FieldErrors,
     password_errors: FieldErrors,
+    /// The OpenID providers, linked to this account or not.
+    providers: Vec<ProviderStatus>,
 }
 
 impl AccountPage {
     async fn load(state: &PortalState, ctx: PageContext, developer_id: &str) -> Result<AccountPage, PageError> {
         let account = accounts::find(state.store.db(), developer_id).await?.ok_or_else(PageError::not_found)?;
+        let linked = identities::issuers_of(state.store.db(), developer_id).await?;
         Ok(AccountPage {
+            providers: state.oidc.statuses(&linked),
             ctx,
             email: account.email,
             name: account.name,

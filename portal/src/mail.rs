@@ -229,6 +229,20 @@ pub fn already_registered(base: &PublicUrl, to: &str, name: &str, verify_token: 
     }
 }
 
+/// Tells the owner that a provider's account was linked to theirs, so that a link they
+/// did not make does not go unnoticed.
+pub fn identity_linked(base: &PublicUrl, to: &str, name: &str, provider: &str) -> Mail {
+    Mail {
+        to: to.to_owned(),
+        subject: format!("{provider} sign-in was added to your account"),
+        body: format!(
+            "{}\n\nYour developer account can now be signed in to with {provider}.\n\n             If this was not you, choose a new password at {} and tell the portal's operator.\n",
+            greeting(name),
+            base.join("/forgot-password"),
+        ),
+    }
+}
+
 /// A link to choose a new password.
 pub fn password_reset(base: &PublicUrl, to: &str, name: &str, token: &str) -> Mail {
     Mail {

@@ -35,9 +35,9 @@ use turnpike_store::portal::accounts::{self, Account, normalize_email};
 use turnpike_store::portal::{identities, sessions};
 use turnpike_store::{Actor, StoreError};
 
-use crate::pages::{FlashKind, PageError, flash};
+use crate::pages::{FlashKind, PageError, current_developer, flash};
 use crate::settings::PublicUrl;
-use crate::{PortalState, accounts as account_pages, rules};
+use crate::{PortalState, accounts as account_pages, mail, rules};
 
 /// Session key of the sign-in flow under way.
 const PENDING_KEY: &str = "oidc_pending";
@@ -46,6 +46,8 @@ pub const FLOW_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 /// How long a provider's discovery document and keys are reused before being fetched
 /// again (providers rotate signing keys with notice; this picks new ones up).
 const DISCOVERY_TTL: Duration = Duration::from_secs(5 * 60);
+/// How long a failed discovery is not retried.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
 /// Timeout of each request to a provider.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -62,6 +64,12 @@ pub struct OidcProviderSettings {
     pub issuer: String,
     pub client_id: String,
     pub client_secret: String,
+    /// Whether a first sign-in whose verified email belongs to an existing account signs
+    /// in to that account (and links the identity). Off by default: then the owner signs
+    /// in with their password and links the provider from their account page, so that
+    /// no provider's word alone opens an existing account.
+    #[serde(default)]
+    pub link_existing_by_email: bool,
 }
 
 impl fmt::Debug for OidcProviderSettings {
@@ -72,6 +80,7 @@ impl fmt::Debug for OidcProviderSettings {
             .field("issuer", &self.issuer)
             .field("client_id", &self.client_id)
             .field("client_secret", &"<redacted>")
+            .field("link_existing_by_email", &self.link_existing_by_email)
             .finish()
     }
 }
@@ -122,6 +131,15 @@ pub fn redirect_uri(public_url: &PublicUrl, provider_id: &str) -> String {
     public_url.join(&format!("/sign-in/oidc/{provider_id}/callback"))
 }
 
+/// What is known of a provider's discovery document.
+enum Discovery {
+    Unknown,
+    Found(Instant, Arc<DiscoveredClient>),
+    /// The last attempt failed; not retried for [`RETRY_AFTER_FAILURE`], so that a
+    /// provider that is down costs one request, not one per visitor.
+    Failed(Instant, String),
+}
+
 /// A client made from a provider's discovery document.
 type DiscoveredClient =
     CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
@@ -129,13 +147,22 @@ type DiscoveredClient =
 struct Provider {
     settings: OidcProviderSettings,
     redirect_uri: RedirectUrl,
-    discovered: Mutex<Option<(Instant, Arc<DiscoveredClient>)>>,
+    /// Held while discovering, so concurrent sign-ins wait for one fetch.
+    discovered: Mutex<Discovery>,
 }
 
 /// The configured providers, with their discovered metadata cached.
 pub struct Providers {
     list: Vec<Provider>,
     http: openidconnect::reqwest::Client,
+}
+
+/// A provider as the account page shows it.
+#[derive(Debug, Clone)]
+pub struct ProviderStatus {
+    pub name: String,
+    pub href: String,
+    pub linked: bool,
 }
 
 /// A provider as the sign-in page links to it.
@@ -155,7 +182,11 @@ impl Providers {
                 return Err(format!("two providers have the id {}", provider.id));
             }
             let redirect_uri = RedirectUrl::new(redirect_uri(public_url, &provider.id)).map_err(|e| e.to_string())?;
-            list.push(Provider { settings: provider.clone(), redirect_uri, discovered: Mutex::new(None) });
+            list.push(Provider {
+                settings: provider.clone(),
+                redirect_uri,
+                discovered: Mutex::new(Discovery::Unknown),
+            });
         }
         // No redirects: a provider's endpoints answer directly (and a redirect to an
         // internal address must not be followed).
@@ -175,6 +206,19 @@ impl Providers {
             .map(|p| ProviderLink {
                 name: p.settings.name.clone(),
                 href: format!("/sign-in/oidc/{}{query}", p.settings.id),
+            })
+            .collect()
+    }
+
+    /// Each provider with whether one of `linked_issuers` is its issuer, for the account
+    /// page (whose links start link flows: the developer is signed in).
+    pub fn statuses(&self, linked_issuers: &[String]) -> Vec<ProviderStatus> {
+        self.list
+            .iter()
+            .map(|p| ProviderStatus {
+                name: p.settings.name.clone(),
+                href: format!("/sign-in/oidc/{}", p.settings.id),
+                linked: linked_issuers.contains(&p.settings.issuer),
             })
             .collect()
     }
@@ -205,29 +249,50 @@ impl Provider {
     /// The client, from a fresh-enough discovery (fetched at most once at a time).
     async fn client(&self, http: &openidconnect::reqwest::Client) -> Result<Arc<DiscoveredClient>, FlowError> {
         let mut cached = self.discovered.lock().await;
-        if let Some((at, client)) = cached.as_ref()
-            && at.elapsed() < DISCOVERY_TTL
-        {
-            return Ok(client.clone());
+        match &*cached {
+            Discovery::Found(at, client) if at.elapsed() < DISCOVERY_TTL => return Ok(client.clone()),
+            Discovery::Failed(at, error) if at.elapsed() < RETRY_AFTER_FAILURE => {
+                return Err(FlowError::Discovery(format!("{error} (not retried yet)")));
+            }
+            _ => {}
         }
+        let discovered = self.discover(http).await;
+        *cached = match &discovered {
+            Ok(client) => Discovery::Found(Instant::now(), client.clone()),
+            Err(e) => Discovery::Failed(Instant::now(), e.to_string()),
+        };
+        discovered
+    }
+
+    async fn discover(&self, http: &openidconnect::reqwest::Client) -> Result<Arc<DiscoveredClient>, FlowError> {
         let issuer = IssuerUrl::new(self.settings.issuer.clone()).map_err(|e| FlowError::Discovery(e.to_string()))?;
         let metadata = CoreProviderMetadata::discover_async(issuer, http)
             .await
             .map_err(|e| FlowError::Discovery(error_chain(&e)))?;
+        // The secret, codes and tokens go to these: the issuer's rule holds for each.
+        let endpoints = [
+            ("authorization_endpoint", Some(metadata.authorization_endpoint().as_str())),
+            ("token_endpoint", metadata.token_endpoint().map(|u| u.as_str())),
+            ("userinfo_endpoint", metadata.userinfo_endpoint().map(|u| u.as_str())),
+            ("jwks_uri", Some(metadata.jwks_uri().as_str())),
+        ];
+        for (name, url) in endpoints {
+            if let Some(url) = url {
+                check_issuer(url).map_err(|e| FlowError::Discovery(format!("{name} {url}: {e}")))?;
+            }
+        }
         let client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.settings.client_id.clone()),
             Some(ClientSecret::new(self.settings.client_secret.clone())),
         )
         .set_redirect_uri(self.redirect_uri.clone());
-        let client = Arc::new(client);
-        *cached = Some((Instant::now(), client.clone()));
-        Ok(client)
+        Ok(Arc::new(client))
     }
 
     /// Forgets the discovered metadata (after a failure that fresh keys may cure).
     async fn forget(&self) {
-        *self.discovered.lock().await = None;
+        *self.discovered.lock().await = Discovery::Unknown;
     }
 }
 
@@ -252,6 +317,10 @@ pub struct Pending {
     /// Where to go once signed in (already checked to be a local path).
     pub next: String,
     pub started_at: chrono::DateTime<Utc>,
+    /// The developer signed in when the flow started: the flow links the provider's
+    /// account to theirs instead of signing in.
+    #[serde(default)]
+    pub link_to: Option<String>,
 }
 
 /// Why a callback is refused before anything is asked of the provider.
@@ -302,20 +371,49 @@ pub struct Identity {
 pub enum Outcome {
     /// The identity is linked to this developer already.
     SignIn(String),
-    /// Link the identity to the developer with the same email. When their address
-    /// was never confirmed, the provider's word confirms it, and any password on the
+    /// Link the identity to this developer (and sign them in). When their address was
+    /// never confirmed, the provider's word confirms it, and any password on the
     /// account goes (whoever set it had not proved the address was theirs).
     Link { developer_id: String, confirms_email: bool },
     /// Create a developer with this email (confirmed) and name, and link the identity.
     Create { email: String, name: String },
     /// The provider did not vouch for an email address.
     NoVerifiedEmail,
+    /// An account has this email and the provider may not open it on its word: its
+    /// owner signs in with their password and links the provider from the account page.
+    ExistingAccount,
+    /// The identity is linked to another developer than the one linking it.
+    LinkedElsewhere,
+    /// The developer already has another account at this provider linked.
+    OtherIdentityLinked,
 }
 
-/// Decides what a sign-in with `identity` does. `linked` is the developer the
-/// identity is already linked to; `same_email` the account with the identity's email.
-pub fn decide(identity: &Identity, linked: Option<&str>, same_email: Option<&Account>) -> Outcome {
-    if let Some(developer_id) = linked {
+/// What [`decide`] goes by, besides the identity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts<'a> {
+    /// The developer the identity is linked to.
+    pub linked: Option<&'a str>,
+    /// The developer linking it (signed in when the flow started), if this is a link flow.
+    pub linking: Option<&'a str>,
+    /// The account with the identity's email.
+    pub same_email: Option<&'a Account>,
+    /// Whether the developer it would be linked to has another identity at this issuer.
+    pub target_has_other: bool,
+    /// The provider's `link_existing_by_email` setting.
+    pub link_by_email: bool,
+}
+
+/// Decides what a sign-in (or a link flow) with `identity` does.
+pub fn decide(identity: &Identity, facts: Facts<'_>) -> Outcome {
+    if let Some(linking) = facts.linking {
+        return match facts.linked {
+            Some(linked) if linked == linking => Outcome::SignIn(linked.to_owned()),
+            Some(_) => Outcome::LinkedElsewhere,
+            None if facts.target_has_other => Outcome::OtherIdentityLinked,
+            None => Outcome::Link { developer_id: linking.to_owned(), confirms_email: false },
+        };
+    }
+    if let Some(developer_id) = facts.linked {
         return Outcome::SignIn(developer_id.to_owned());
     }
     let email = match &identity.email {
@@ -324,7 +422,13 @@ pub fn decide(identity: &Identity, linked: Option<&str>, same_email: Option<&Acc
         }
         _ => return Outcome::NoVerifiedEmail,
     };
-    if let Some(account) = same_email {
+    if let Some(account) = facts.same_email {
+        if !facts.link_by_email {
+            return Outcome::ExistingAccount;
+        }
+        if facts.target_has_other {
+            return Outcome::OtherIdentityLinked;
+        }
         return Outcome::Link { developer_id: account.id.clone(), confirms_email: account.email_verified_at.is_none() };
     }
     let name = identity
@@ -365,6 +469,8 @@ async fn start(
     Query(query): Query<StartQuery>,
 ) -> Result<Response, PageError> {
     let provider = state.oidc.get(&provider_id).ok_or_else(PageError::not_found)?;
+    // A signed-in developer links the provider to their account (from the account page).
+    let link_to = current_developer(&state, &session).await?.map(|viewer| viewer.id);
     let client = provider.client(&state.oidc.http).await.map_err(|e| {
         tracing::warn!(provider = %provider_id, error = %e, "OpenID provider unavailable");
         unavailable(&provider.settings.name)
@@ -381,8 +487,12 @@ async fn start(
         state: csrf.secret().clone(),
         nonce: nonce.secret().clone(),
         pkce_verifier: verifier.secret().clone(),
-        next: rules::safe_next(&query.next).unwrap_or("/").to_owned(),
+        next: match link_to {
+            Some(_) => "/account".to_owned(),
+            None => rules::safe_next(&query.next).unwrap_or("/").to_owned(),
+        },
         started_at: Utc::now(),
+        link_to,
     };
     session.insert(PENDING_KEY, &pending).await.map_err(PageError::internal)?;
     Ok(Redirect::to(url.as_str()).into_response())
@@ -431,26 +541,46 @@ async fn callback(
         Ok(identity) => identity,
         Err(e) => {
             tracing::warn!(provider = %provider_id, error = %e, "OpenID sign-in failed");
-            if matches!(e, FlowError::IdToken(_) | FlowError::Discovery(_)) {
+            // New signing keys, perhaps: the next sign-in fetches them.
+            if matches!(e, FlowError::IdToken(_)) {
                 provider.forget().await;
             }
             return Err(unavailable(name));
         }
     };
-    let Some(developer_id) = settle(&state, &identity).await? else {
-        flash(
-            &session,
-            FlashKind::Error,
-            format!(
-                "{name} did not confirm an email address for your account, so we cannot sign you in with it. \
-                 Confirm your address there, or sign up with a password."
-            ),
-        )
-        .await?;
-        return Ok(Redirect::to("/sign-in").into_response());
+    // A link flow belongs to the developer who started it, still signed in here.
+    let signed_in = current_developer(&state, &session).await?.map(|viewer| viewer.id);
+    if pending.link_to.is_some() && pending.link_to != signed_in {
+        return Err(PageError::bad_request("You signed out while linking. Sign in and start again."));
+    }
+    let outcome = settle(&state, provider, &identity, pending.link_to.as_deref()).await?;
+    let refusal = match outcome {
+        Settled::SignIn(developer_id) if pending.link_to.is_none() => {
+            account_pages::start_signed_in_session(&session, &developer_id).await?;
+            return Ok(Redirect::to(&pending.next).into_response());
+        }
+        Settled::SignIn(_) => {
+            flash(&session, FlashKind::Success, format!("You can now sign in with {name}.")).await?;
+            return Ok(Redirect::to(&pending.next).into_response());
+        }
+        Settled::Refused(Outcome::NoVerifiedEmail) => format!(
+            "{name} did not confirm an email address for your account, so we cannot sign you in with it. \
+             Confirm your address there, or sign up with a password."
+        ),
+        Settled::Refused(Outcome::ExistingAccount) => format!(
+            "An account with your {name} email address already exists. Sign in with its password (or choose a \
+             new one with “Forgot your password?”), then link {name} on your account page."
+        ),
+        Settled::Refused(Outcome::LinkedElsewhere) => {
+            format!("That {name} account is linked to another developer account here, so it was not linked.")
+        }
+        Settled::Refused(_) => {
+            format!("Another {name} account is linked to this developer account already, so this one was not linked.")
+        }
     };
-    account_pages::start_signed_in_session(&session, &developer_id).await?;
-    Ok(Redirect::to(&pending.next).into_response())
+    flash(&session, FlashKind::Error, refusal).await?;
+    let back = if pending.link_to.is_some() { "/account" } else { "/sign-in" };
+    Ok(Redirect::to(back).into_response())
 }
 
 /// Exchanges the code and reads the verified identity: the ID token's subject, and
@@ -482,15 +612,18 @@ async fn identify(
         email_verified: claims.email_verified().unwrap_or(false),
         name: claims.name().and_then(|n| n.get(None)).map(|n| n.to_string()),
     };
-    if identity.email.is_none() {
+    // Claims the ID token lacks (many providers put them only in the user info).
+    if identity.email.is_none() || claims.email_verified().is_none() {
         let info: CoreUserInfoClaims = client
             .user_info(tokens.access_token().clone(), Some(claims.subject().clone()))
             .map_err(|e| FlowError::UserInfo(e.to_string()))?
             .request_async(http)
             .await
             .map_err(|e| FlowError::UserInfo(error_chain(&e)))?;
-        identity.email = info.email().map(|e| e.to_string());
-        identity.email_verified = info.email_verified().unwrap_or(false);
+        if info.email().is_some() {
+            identity.email = info.email().map(|e| e.to_string());
+            identity.email_verified = info.email_verified().unwrap_or(false);
+        }
         if identity.name.is_none() {
             identity.name = info.name().and_then(|n| n.get(None)).map(|n| n.to_string());
         }
@@ -498,36 +631,82 @@ async fn identify(
     Ok(identity)
 }
 
-/// Applies [`decide`]; returns the developer to sign in, or `None` when the provider
-/// vouched for no email address.
-async fn settle(state: &PortalState, identity: &Identity) -> Result<Option<String>, PageError> {
+/// What a settled sign-in comes to.
+enum Settled {
+    /// The developer to sign in (or who linked the provider).
+    SignIn(String),
+    /// One of the refusing [`Outcome`]s.
+    Refused(Outcome),
+}
+
+/// Applies [`decide`] to the identity (for the developer `linking` it, in a link flow).
+async fn settle(
+    state: &PortalState,
+    provider: &Provider,
+    identity: &Identity,
+    linking: Option<&str>,
+) -> Result<Settled, PageError> {
     // Two first sign-ins racing: the loser finds the winner's link and signs in.
     for _ in 0..2 {
         let db = state.store.db();
         let linked = identities::find_developer(db, &identity.issuer, &identity.subject).await?;
-        let same_email = match &identity.email {
-            Some(email) if linked.is_none() => accounts::find_by_email(db, email).await?,
+        let same_email = match (&identity.email, linking, &linked) {
+            (Some(email), None, None) => accounts::find_by_email(db, email).await?,
             _ => None,
         };
+        let target = linking.or(same_email.as_ref().map(|a| a.id.as_str()));
+        let target_has_other = match target {
+            Some(developer_id) => identities::subject_at(db, developer_id, &identity.issuer).await?.is_some(),
+            None => false,
+        };
+        let facts = Facts {
+            linked: linked.as_deref(),
+            linking,
+            same_email: same_email.as_ref(),
+            target_has_other,
+            link_by_email: provider.settings.link_existing_by_email,
+        };
+        let outcome = decide(identity, facts);
+        if !matches!(outcome, Outcome::Link { .. } | Outcome::Create { .. }) {
+            return Ok(match outcome {
+                Outcome::SignIn(developer_id) => Settled::SignIn(developer_id),
+                refused => Settled::Refused(refused),
+            });
+        }
         let change = state.store.change(&Actor(format!("oidc:{}", identity.issuer))).await?;
-        let result = match decide(identity, linked.as_deref(), same_email.as_ref()) {
-            Outcome::SignIn(developer_id) => return Ok(Some(developer_id)),
-            Outcome::NoVerifiedEmail => return Ok(None),
+        let result = match outcome {
             Outcome::Link { developer_id, confirms_email } => {
-                link_existing(&change, identity, &developer_id, confirms_email).await.map(|()| developer_id)
+                link_existing(&change, identity, &developer_id, confirms_email).await.map(|()| (developer_id, true))
             }
-            Outcome::Create { email, name } => create(&change, identity, &email, &name).await,
+            Outcome::Create { email, name } => create(&change, identity, &email, &name).await.map(|id| (id, false)),
+            _ => unreachable!("only links and creations change anything"),
         };
         match result {
-            Ok(developer_id) => {
+            Ok((developer_id, linked_existing)) => {
                 change.commit().await?;
-                return Ok(Some(developer_id));
+                if linked_existing {
+                    tell_owner(state, &provider.settings.name, &developer_id).await;
+                }
+                return Ok(Settled::SignIn(developer_id));
             }
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
         }
     }
     Err(PageError::internal("OpenID sign-in kept conflicting with concurrent sign-ins"))
+}
+
+/// Mails the owner of an account that a provider was linked to it (a failure is logged).
+async fn tell_owner(state: &PortalState, provider: &str, developer_id: &str) {
+    let sent = async {
+        let account = accounts::find(state.store.db(), developer_id).await?.ok_or("account vanished")?;
+        let mail = mail::identity_linked(&state.settings.public_url, &account.email, &account.name, provider);
+        state.mailer.send(&mail).await?;
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    if let Err(e) = sent.await {
+        tracing::error!(error = %e, "could not tell a developer about a linked sign-in provider");
+    }
 }
 
 async fn link_existing(
@@ -567,6 +746,7 @@ mod tests {
             issuer: issuer.into(),
             client_id: "portal".into(),
             client_secret: "s3cret".into(),
+            link_existing_by_email: false,
         }
     }
 
@@ -616,6 +796,7 @@ mod tests {
             pkce_verifier: "v".into(),
             next: "/".into(),
             started_at,
+            link_to: None,
         }
     }
 
@@ -657,36 +838,57 @@ mod tests {
     #[test]
     fn sign_ins_link_or_create_by_verified_email() {
         let ada = identity(Some("Ada@Example.com"), true, Some("Ada Lovelace"));
+        let confirmed = account("d1", true);
+        let unconfirmed = account("d1", false);
+        let trusting = |same_email| Facts { same_email, link_by_email: true, ..Facts::default() };
         // A linked identity signs in whatever the email says now.
-        assert_eq!(decide(&identity(None, false, None), Some("d1"), None), Outcome::SignIn("d1".into()));
+        let linked = Facts { linked: Some("d1"), ..Facts::default() };
+        assert_eq!(decide(&identity(None, false, None), linked), Outcome::SignIn("d1".into()));
         // Unverified or missing email: refused, never linked.
-        assert_eq!(decide(&identity(Some("ada@example.com"), false, None), None, None), Outcome::NoVerifiedEmail);
-        assert_eq!(decide(&identity(None, true, None), None, None), Outcome::NoVerifiedEmail);
-        assert_eq!(decide(&identity(Some("not-an-email"), true, None), None, None), Outcome::NoVerifiedEmail);
+        let no = Facts::default();
+        assert_eq!(decide(&identity(Some("ada@example.com"), false, None), no), Outcome::NoVerifiedEmail);
+        assert_eq!(decide(&identity(None, true, None), no), Outcome::NoVerifiedEmail);
+        assert_eq!(decide(&identity(Some("not-an-email"), true, None), no), Outcome::NoVerifiedEmail);
         assert_eq!(
-            decide(&identity(Some("ada@example.com"), false, None), None, Some(&account("d1", true))),
+            decide(&identity(Some("ada@example.com"), false, None), trusting(Some(&confirmed))),
             Outcome::NoVerifiedEmail
         );
-        // Same verified email: linked; an unconfirmed account is confirmed by it.
+        // An existing account is not opened on a provider's word unless the operator says so.
+        for existing in [&confirmed, &unconfirmed] {
+            let facts = Facts { same_email: Some(existing), ..Facts::default() };
+            assert_eq!(decide(&ada, facts), Outcome::ExistingAccount);
+        }
         assert_eq!(
-            decide(&ada, None, Some(&account("d1", true))),
+            decide(&ada, trusting(Some(&confirmed))),
             Outcome::Link { developer_id: "d1".into(), confirms_email: false }
         );
         assert_eq!(
-            decide(&ada, None, Some(&account("d1", false))),
+            decide(&ada, trusting(Some(&unconfirmed))),
             Outcome::Link { developer_id: "d1".into(), confirms_email: true }
         );
+        // ...and never when the account has another identity at this provider (a
+        // recycled address at the provider must not open it).
+        let other = Facts { target_has_other: true, ..trusting(Some(&confirmed)) };
+        assert_eq!(decide(&ada, other), Outcome::OtherIdentityLinked);
         // New: created with the normalised email and the provider's name.
-        assert_eq!(
-            decide(&ada, None, None),
-            Outcome::Create { email: "ada@example.com".into(), name: "Ada Lovelace".into() }
-        );
+        assert_eq!(decide(&ada, no), Outcome::Create { email: "ada@example.com".into(), name: "Ada Lovelace".into() });
         // Without a usable name, the email's local part.
         for name in [None, Some("  "), Some("bad\u{7}name")] {
             assert_eq!(
-                decide(&identity(Some("ada@example.com"), true, name), None, None),
+                decide(&identity(Some("ada@example.com"), true, name), no),
                 Outcome::Create { email: "ada@example.com".into(), name: "ada".into() }
             );
         }
+    }
+
+    #[test]
+    fn a_signed_in_developer_links_their_own_provider_account() {
+        // The email does not matter: they proved both accounts are theirs.
+        let stranger = identity(Some("someone@else.example"), false, None);
+        let linking = Facts { linking: Some("d1"), ..Facts::default() };
+        assert_eq!(decide(&stranger, linking), Outcome::Link { developer_id: "d1".into(), confirms_email: false });
+        assert_eq!(decide(&stranger, Facts { linked: Some("d1"), ..linking }), Outcome::SignIn("d1".into()));
+        assert_eq!(decide(&stranger, Facts { linked: Some("d2"), ..linking }), Outcome::LinkedElsewhere);
+        assert_eq!(decide(&stranger, Facts { target_has_other: true, ..linking }), Outcome::OtherIdentityLinked);
     }
 }

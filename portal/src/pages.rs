@@ -119,7 +119,8 @@ impl PageContext {
     pub fn sign_in_href(&self) -> String {
         match self.here.as_str() {
             "/" | "/sign-in" | "/sign-up" => "/sign-in".to_owned(),
-            here if here.starts_with("/sign-in?") => "/sign-in".to_owned(),
+            // Nor back into a sign-in (the OpenID callback's URL carries a code).
+            here if here.starts_with("/sign-in?") || here.starts_with("/sign-in/") => "/sign-in".to_owned(),
             here => format!("/sign-in?next={}", encode_component(here)),
         }
     }
@@ -330,6 +331,7 @@ mod tests {
         assert_eq!(ctx("/apps/1?tab=keys").sign_in_href(), "/sign-in?next=/apps/1%3Ftab%3Dkeys");
         assert_eq!(ctx("/").sign_in_href(), "/sign-in");
         assert_eq!(ctx("/sign-in?next=/x").sign_in_href(), "/sign-in");
+        assert_eq!(ctx("/sign-in/oidc/corp/callback?code=secret&state=s").sign_in_href(), "/sign-in");
         assert!(ctx("/apps/1").is_current("/apps"));
         assert!(ctx("/apps").is_current("/apps"));
         assert!(!ctx("/applesauce").is_current("/apps"));

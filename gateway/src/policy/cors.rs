@@ -54,6 +54,9 @@ pub struct Actual {
     allow_origin: Option<HeaderValue>,
     /// Whether the docs rules decided (see [`VersionCors`]), else the version's policy.
     docs: bool,
+    /// Neither decided (not a docs origin, no policy): the response only says it
+    /// varies by `Origin`, since a docs origin would have had CORS headers.
+    vary_only: bool,
 }
 
 /// A version's compiled CORS policy.
@@ -166,7 +169,7 @@ impl Cors {
 
     /// Decides what the response to a request that is not a preflight will carry.
     pub fn actual(&self, headers: &HeaderMap) -> Actual {
-        Actual { allow_origin: self.allow_origin(headers), docs: false }
+        Actual { allow_origin: self.allow_origin(headers), docs: false, vary_only: false }
     }
 
     /// Puts the CORS headers `actual` calls for on a response, replacing any the
@@ -244,17 +247,26 @@ impl VersionCors {
         self.rules(headers).map(|(rules, _)| rules.preflight(headers))
     }
 
-    /// What the response of a request that is not a preflight will carry; `None` when
-    /// nothing (no policy, and not a docs origin): the response is left as it is.
+    /// What the response of a request that is not a preflight will carry. Without a
+    /// policy and from another origin than the docs', the response keeps its own CORS
+    /// headers and only gains `Vary: Origin`.
     pub fn actual(&self, headers: &HeaderMap) -> Option<Actual> {
-        self.rules(headers).map(|(rules, docs)| Actual { docs, ..rules.actual(headers) })
+        match self.rules(headers) {
+            Some((rules, docs)) => Some(Actual { docs, ..rules.actual(headers) }),
+            None => Some(Actual { allow_origin: None, docs: false, vary_only: true }),
+        }
     }
 
     /// Puts the CORS headers `actual` calls for on a response (see [`Cors::decorate`]).
+    /// With docs origins every response says it varies by `Origin` (a docs origin gets
+    /// other headers than anyone else), so no cache serves one origin's answer to another.
     pub fn decorate(&self, actual: &Actual, headers: &mut HeaderMap) {
         let rules = if actual.docs { &self.docs } else { &self.policy };
-        if let Some(rules) = rules {
+        if let (Some(rules), false) = (rules, actual.vary_only) {
             rules.decorate(actual, headers);
+        }
+        if self.docs.is_some() && !varies_on(headers, "origin") {
+            headers.append(VARY, HeaderValue::from_static("Origin"));
         }
     }
 }
@@ -590,12 +602,18 @@ mod tests {
         assert!(upstream.get(ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none(), "the upstream's is removed");
         assert_eq!(upstream[VARY], "Origin");
 
-        // Other origins, and requests without one, are left alone.
+        // Other origins, and requests without one, keep the upstream's CORS headers and
+        // only learn that the answer varies by origin (a cache must not serve it to the docs).
         let foreign = request(&[("origin", "https://evil.example"), ("access-control-request-method", "GET")]);
         assert!(!c.answers(&foreign) && c.preflight(&foreign).is_none());
-        assert!(c.actual(&request(&[("origin", "https://evil.example")])).is_none());
-        assert!(c.actual(&request(&[("origin", "http://127.0.0.1:8003.evil")])).is_none());
-        assert!(c.actual(&HeaderMap::new()).is_none());
+        for origin in [Some("https://evil.example"), Some("http://127.0.0.1:8003.evil"), None] {
+            let asked = origin.map_or_else(HeaderMap::new, |o| request(&[("origin", o)]));
+            let mut upstream = request(&[("access-control-allow-origin", "*"), ("vary", "accept-encoding")]);
+            c.decorate(&c.actual(&asked).unwrap(), &mut upstream);
+            assert_eq!(upstream[ACCESS_CONTROL_ALLOW_ORIGIN], "*", "{origin:?}: the upstream's own");
+            let vary: Vec<_> = upstream.get_all(VARY).iter().collect();
+            assert_eq!(vary, ["accept-encoding", "Origin"], "{origin:?}");
+        }
     }
 
     #[test]

@@ -314,7 +314,14 @@ async fn isolation(portal: TestPortal) {
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
         let page = bob.post("/apps", &fields).await;
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
+        for action in ["edit", "delete"] {
+            let mut fields = fields.clone();
+            fields.extend([("app-name", "Renamed"), ("confirm", "yes")]);
+            let page = bob.post(&format!("/apps/{bob_app}/{action}"), &fields).await;
+            assert_eq!(page.status, StatusCode::FORBIDDEN, "{action}: {}", page.body);
+        }
     }
+    assert_eq!(turnpike_store::applications::get(portal.store.db(), &bob_app).await.unwrap().input.name, "Bob's app");
     assert!(key_ids(&portal, &bob_app).await.is_empty());
     let bob_apps = turnpike_store::applications::list(portal.store.db(), None, all).await.unwrap();
     assert_eq!(bob_apps.items.len(), 2, "no application was created without a token");

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use turnpike_portal::oidc::OidcProviderSettings;
 use turnpike_store::portal::{accounts, identities, sessions};
-use turnpike_testkit::{OidcAccount, OidcClient, OidcProvider};
+use turnpike_testkit::{OidcAccount, OidcClient, OidcOptions, OidcProvider};
 
 use crate::support::{Backend, Browser, PASSWORD, Page, TestPortal, open_store};
 
@@ -32,6 +32,20 @@ pub(crate) fn ada(verified: bool) -> OidcAccount {
 
 /// A portal with the provider "corp" at a real OpenID provider that knows `accounts`.
 pub(crate) async fn portal_with_provider(backend: Backend, accounts: Vec<OidcAccount>) -> (TestPortal, OidcProvider) {
+    portal_with(backend, accounts, false).await
+}
+
+/// The same, with the provider's `link_existing_by_email` setting as given.
+async fn portal_with(backend: Backend, accounts: Vec<OidcAccount>, link_by_email: bool) -> (TestPortal, OidcProvider) {
+    portal_with_options(backend, accounts, link_by_email, OidcOptions::default()).await
+}
+
+async fn portal_with_options(
+    backend: Backend,
+    accounts: Vec<OidcAccount>,
+    link_by_email: bool,
+    options: OidcOptions,
+) -> (TestPortal, OidcProvider) {
     let (store, dir) = open_store(backend).await;
     let mut provider = None;
     let portal = TestPortal::serve(store, dir, |settings| {
@@ -41,13 +55,14 @@ pub(crate) async fn portal_with_provider(backend: Backend, accounts: Vec<OidcAcc
             client_secret: CLIENT_SECRET.into(),
             redirect_uris: vec![redirect],
         };
-        let started = OidcProvider::start(&[client], &accounts).expect("start the OpenID provider");
+        let started = OidcProvider::start_with(&[client], &accounts, &options).expect("start the OpenID provider");
         settings.oidc_providers.push(OidcProviderSettings {
             id: "corp".into(),
             name: "Corp SSO".into(),
             issuer: started.issuer().to_owned(),
             client_id: CLIENT_ID.into(),
             client_secret: CLIENT_SECRET.into(),
+            link_existing_by_email: link_by_email,
         });
         provider = Some(started);
     })
@@ -239,23 +254,96 @@ async fn a_first_sign_in_creates_a_confirmed_account_and_later_ones_find_it() {
 }
 
 #[tokio::test]
-async fn an_account_with_the_same_verified_email_is_linked_and_keeps_its_password() {
+async fn an_existing_account_is_not_opened_on_the_providers_word_but_its_owner_can_link_it() {
     let (portal, provider) = portal_with_provider(Backend::Sqlite, vec![ada(true)]).await;
     let id = portal.developer("ada@example.com", "Ada").await;
     let mut browser = portal.browser();
     let page = sign_in_through_provider(&portal, &provider, &mut browser, "", ADA_AT_PROVIDER).await;
-    page.assert_redirect("/");
+    page.assert_redirect("/sign-in");
+    let page = browser.follow(&page).await;
+    assert!(page.body.contains("already exists. Sign in with its password"), "{}", page.body);
+    assert!(!page.body.contains("Sign out"), "not signed in");
+    let db = portal.store.db();
+    assert_eq!(identities::find_developer(db, provider.issuer(), "ada-subject-1").await.unwrap(), None);
+
+    // Signed in with the password, the owner links the provider from the account page.
+    let mut owner = portal.browser();
+    owner.sign_in("ada@example.com", PASSWORD, "").await.assert_redirect("/");
+    let account = owner.get("/account").await;
+    assert!(account.body.contains(r#"href="/sign-in/oidc/corp">Link Corp SSO</a>"#), "{}", account.body);
+    let page = owner.get("/sign-in/oidc/corp").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    let authorize = page.location().to_owned();
+    let back = Agent::new().sign_in(provider.issuer(), &portal.url, &authorize, ADA_AT_PROVIDER, ADA_PASSWORD).await;
+    let page = owner.get(&path_of(&portal, &back)).await;
+    page.assert_redirect("/account");
+    let page = owner.follow(&page).await;
+    assert!(page.body.contains("You can now sign in with Corp SSO."), "{}", page.body);
+    assert!(page.body.contains("linked</span>"), "{}", page.body);
+    assert_eq!(identities::find_developer(db, provider.issuer(), "ada-subject-1").await.unwrap(), Some(id.clone()));
+    // The owner is told by mail.
+    let mail = portal.mail("ada@example.com", "Corp SSO sign-in was added").await;
+    assert!(mail.body.contains("/forgot-password"), "{}", mail.body);
+
+    // From now on the provider signs in to that account, and the password still works.
+    let mut browser = portal.browser();
+    sign_in_through_provider(&portal, &provider, &mut browser, "", ADA_AT_PROVIDER).await.assert_redirect("/");
     assert!(browser.get("/account").await.body.contains("ada@example.com"));
-    let linked = identities::find_developer(portal.store.db(), provider.issuer(), "ada-subject-1").await.unwrap();
-    assert_eq!(linked, Some(id));
+    portal.browser().sign_in("ada@example.com", PASSWORD, "").await.assert_redirect("/");
+    assert_eq!(developer_count(&portal).await, 1);
+}
+
+#[tokio::test]
+async fn a_provider_trusted_to_link_by_email_links_once_and_never_a_second_subject() {
+    let mut impostor = ada(true);
+    impostor.subject = "recycled-address-subject".into();
+    impostor.email = "ada@example.com".into();
+    impostor.password = "the-new-holder".into();
+    let (portal, provider) = portal_with(Backend::Sqlite, vec![ada(true), impostor], true).await;
+    let id = portal.developer("ada@example.com", "Ada").await;
+    let mut browser = portal.browser();
+    sign_in_through_provider(&portal, &provider, &mut browser, "", ADA_AT_PROVIDER).await.assert_redirect("/");
+    let db = portal.store.db();
+    assert_eq!(identities::find_developer(db, provider.issuer(), "ada-subject-1").await.unwrap(), Some(id.clone()));
+    portal.mail("ada@example.com", "Corp SSO sign-in was added").await;
     // The password still works: linking took nothing away from a confirmed account.
-    let page = portal.browser().sign_in("ada@example.com", PASSWORD, "").await;
-    page.assert_redirect("/");
+    portal.browser().sign_in("ada@example.com", PASSWORD, "").await.assert_redirect("/");
+
+    // Another subject at the same provider with the same address: refused.
+    let mut other = portal.browser();
+    let authorize = start(&mut other, "").await;
+    let back =
+        Agent::new().sign_in(provider.issuer(), &portal.url, &authorize, "ada@example.com", "the-new-holder").await;
+    let page = other.get(&path_of(&portal, &back)).await;
+    page.assert_redirect("/sign-in");
+    assert!(other.follow(&page).await.body.contains("is linked to this developer account already"));
+    assert_eq!(identities::find_developer(db, provider.issuer(), "recycled-address-subject").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_provider_account_linked_to_someone_else_cannot_be_linked_again() {
+    let (portal, provider) = portal_with_provider(Backend::Sqlite, vec![ada(true)]).await;
+    // Ada's provider account made its own portal account at a first sign-in.
+    let mut browser = portal.browser();
+    sign_in_through_provider(&portal, &provider, &mut browser, "", ADA_AT_PROVIDER).await.assert_redirect("/");
+    let ada_id = identities::find_developer(portal.store.db(), provider.issuer(), "ada-subject-1").await.unwrap();
+    // Bob, signed in with his password, tries to link the same provider account.
+    portal.developer("bob@example.com", "Bob").await;
+    let mut bob = portal.browser();
+    bob.sign_in("bob@example.com", PASSWORD, "").await.assert_redirect("/");
+    let authorize = bob.get("/sign-in/oidc/corp").await.location().to_owned();
+    let back = Agent::new().sign_in(provider.issuer(), &portal.url, &authorize, ADA_AT_PROVIDER, ADA_PASSWORD).await;
+    let page = bob.get(&path_of(&portal, &back)).await;
+    page.assert_redirect("/account");
+    assert!(bob.follow(&page).await.body.contains("is linked to another developer account here"));
+    let linked = identities::find_developer(portal.store.db(), provider.issuer(), "ada-subject-1").await.unwrap();
+    assert_eq!(linked, ada_id, "still Ada's");
+    assert!(bob.get("/account").await.body.contains("bob@example.com"), "Bob is still Bob");
 }
 
 #[tokio::test]
 async fn an_unconfirmed_account_is_confirmed_by_the_provider_and_loses_the_unproven_password() {
-    let (portal, provider) = portal_with_provider(Backend::Sqlite, vec![ada(true)]).await;
+    let (portal, provider) = portal_with(Backend::Sqlite, vec![ada(true)], true).await;
     // Someone signed up with Ada's address but never confirmed it.
     let mut squatter = portal.browser();
     let page = squatter
@@ -275,7 +363,7 @@ async fn an_unconfirmed_account_is_confirmed_by_the_provider_and_loses_the_unpro
 
 #[tokio::test]
 async fn an_unverified_email_at_the_provider_creates_and_links_nothing() {
-    let (portal, provider) = portal_with_provider(Backend::Sqlite, vec![ada(false)]).await;
+    let (portal, provider) = portal_with(Backend::Sqlite, vec![ada(false)], true).await;
     let id = portal.developer("ada@example.com", "Ada").await;
     let mut browser = portal.browser();
     let page = sign_in_through_provider(&portal, &provider, &mut browser, "/apps", ADA_AT_PROVIDER).await;
@@ -367,11 +455,14 @@ async fn a_provider_that_cannot_be_reached_gets_a_clear_page() {
             issuer: format!("http://127.0.0.1:{port}"),
             client_id: CLIENT_ID.into(),
             client_secret: CLIENT_SECRET.into(),
+            link_existing_by_email: false,
         });
     })
     .await;
     let page = portal.browser().get("/sign-in/oidc/corp").await;
     assert_eq!(page.status, StatusCode::BAD_GATEWAY);
+    // Asked again at once: the same answer (the failure is remembered for a few seconds).
+    assert_eq!(portal.browser().get("/sign-in/oidc/corp").await.status, StatusCode::BAD_GATEWAY);
     assert!(page.body.contains("We could not complete sign-in with Corp SSO"), "{}", page.body);
     assert!(!page.body.contains(CLIENT_SECRET));
     assert!(page.headers.get(LOCATION).is_none());
@@ -414,4 +505,16 @@ async fn a_wrong_nonce_or_pkce_verifier_signs_nobody_in() {
     // The untouched flow works, so the refusals above were the tampering's doing.
     let mut browser = portal.browser();
     sign_in_through_provider(&portal, &provider, &mut browser, "", ADA_AT_PROVIDER).await.assert_redirect("/");
+}
+
+#[tokio::test]
+async fn email_claims_in_the_id_token_are_used_as_well() {
+    // Providers that put the claims in the ID token (here: no user info request needed).
+    let options = OidcOptions { claims_in_id_token: true };
+    let (portal, provider) = portal_with_options(Backend::Sqlite, vec![ada(true)], false, options).await;
+    let mut browser = portal.browser();
+    sign_in_through_provider(&portal, &provider, &mut browser, "", ADA_AT_PROVIDER).await.assert_redirect("/");
+    let account = accounts::find_by_email(portal.store.db(), "ada@example.com").await.unwrap().expect("created");
+    assert_eq!(account.name, "Ada Lovelace");
+    assert!(account.email_verified_at.is_some());
 }

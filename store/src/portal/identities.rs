@@ -41,6 +41,20 @@ pub async fn link(change: &Change<'_>, issuer: &str, subject: &str, developer_id
     change.audit("developer.identity_linked", "developer", developer_id, detail).await
 }
 
+/// The subject linked to `developer_id` at `issuer`, if any.
+pub async fn subject_at(
+    db: &impl ConnectionTrait,
+    developer_id: &str,
+    issuer: &str,
+) -> Result<Option<String>, StoreError> {
+    let row = oidc_identities::Entity::find()
+        .filter(oidc_identities::Column::DeveloperId.eq(developer_id))
+        .filter(oidc_identities::Column::Issuer.eq(issuer))
+        .one(db)
+        .await?;
+    Ok(row.map(|r| r.subject))
+}
+
 /// The issuers a developer has linked identities at, oldest link first.
 pub async fn issuers_of(db: &impl ConnectionTrait, developer_id: &str) -> Result<Vec<String>, StoreError> {
     use sea_orm::QueryOrder;
