@@ -16,13 +16,23 @@ use crate::support::{Backend, Browser, PASSWORD, Page, TestPortal};
 
 /// A gateway following the portal's bus and credentials; returns its base URL.
 pub(crate) async fn start_gateway(portal: &TestPortal) -> (String, turnpike_gateway::ConfigStore) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_gateway_on(portal, listener, []).await
+}
+
+/// The same on `listener`, answering CORS for `docs_origins` (the portal's "try it").
+pub(crate) async fn start_gateway_on(
+    portal: &TestPortal,
+    listener: TcpListener,
+    docs_origins: impl IntoIterator<Item = turnpike_gateway::Origin>,
+) -> (String, turnpike_gateway::ConfigStore) {
     let gateway = turnpike_gateway::ConfigStore::with_consumers(turnpike_gateway::consumer::Consumers {
         credentials: portal.credentials.clone(),
         hasher: Some(portal.hasher.clone()),
         limiter: Arc::new(turnpike_gateway::ratelimit::LocalLimiter::default()),
-    });
+    })
+    .with_docs_origins(docs_origins);
     tokio::spawn(gateway.clone().follow(portal.bus.subscribe()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(turnpike_gateway::serve_proxy(
         listener,
@@ -112,14 +122,14 @@ pub(crate) async fn eventually(gateway: &str, key: &str, want: StatusCode, withi
 }
 
 /// Creates an application through the form; returns its id.
-async fn create_app(browser: &mut Browser, name: &str) -> String {
+pub(crate) async fn create_app(browser: &mut Browser, name: &str) -> String {
     let page = browser.submit("/apps", "/apps", &[("name", name), ("description", "Forecasts")]).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     page.location().strip_prefix("/apps/").unwrap().to_owned()
 }
 
 /// The full key on a "key created" page.
-fn key_on(page: &Page) -> String {
+pub(crate) fn key_on(page: &Page) -> String {
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     let start = page.body.find(r#"value="tpk_"#).unwrap_or_else(|| panic!("no key in:\n{}", page.body)) + 7;
     page.body[start..start + page.body[start..].find('"').unwrap()].to_owned()

@@ -19,7 +19,7 @@ use turnpike_store::publish::Publisher;
 use turnpike_store::{Actor, apis, plans, upstreams, versions};
 use turnpike_testkit::{ChromeDriver, JAVASCRIPT_OFF, artifacts_dir};
 
-use crate::apps::{call, eventually, json, start_gateway, start_upstream};
+use crate::apps::{call, create_app, eventually, json, key_on, start_gateway, start_gateway_on, start_upstream};
 use crate::oidc::{ADA_AT_PROVIDER, ADA_PASSWORD, ada, portal_with_provider};
 use crate::support::{Backend, PASSWORD, TestPortal};
 
@@ -477,5 +477,51 @@ async fn single_sign_on_with_a_real_openid_provider_in_chromium() {
     assert!(account.email_verified_at.is_some() && account.password_hash.is_none());
     let errors = console_errors(&chrome.console().await);
     assert!(errors.is_empty(), "{errors:?}");
+    chrome.close().await;
+}
+
+#[tokio::test]
+async fn try_it_in_the_docs_calls_the_gateway_with_a_key() {
+    // The gateway's address is known before the portal starts (the docs name it), and the
+    // portal's before the gateway starts (it answers CORS for the portal's origin).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway_url = turnpike_portal::PublicUrl::from_listen(listener.local_addr().unwrap());
+    let portal = TestPortal::start_with(Backend::Sqlite, |s| s.gateway_url = gateway_url).await;
+    let origin: turnpike_gateway::Origin = portal.url.parse().unwrap();
+    let (gateway, config) = start_gateway_on(&portal, listener, [origin]).await;
+    let upstream = start_upstream().await;
+    let published = publish_weather(&portal, &upstream).await;
+    let latest = turnpike_store::snapshots::latest(portal.store.db()).await.unwrap().unwrap().version;
+    tokio::time::timeout(Duration::from_secs(5), config.wait_for_version(latest)).await.unwrap();
+
+    // A key for the weather API, made through the portal's forms.
+    let mut ann = portal.signed_in("ann@example.com").await;
+    let app = create_app(&mut ann, "Try it").await;
+    let app_path = format!("/apps/{app}");
+    let subscribe = [("version_id", published.version.as_str()), ("plan_id", published.free.as_str())];
+    ann.submit(&app_path, &format!("{app_path}/subscriptions"), &subscribe).await.assert_redirect(&app_path);
+    let key = key_on(&ann.submit(&app_path, &format!("{app_path}/keys"), &[("name", "docs")]).await);
+    assert_eq!(call(&gateway, &key).await, StatusCode::OK);
+
+    // In the browser: authorize Swagger UI with the key, then run GET /today from the page.
+    let chrome = Chrome::start("try-it", &portal, &[]).await;
+    chrome.open("/apis/weather/v1/docs").await;
+    chrome.click(".swagger-ui .auth-wrapper .authorize").await;
+    chrome.fill(".swagger-ui .modal-ux input[type='text']", &key).await;
+    chrome.click(".swagger-ui .modal-ux .auth-btn-wrapper .authorize").await;
+    chrome.click(".swagger-ui .modal-ux .btn-done").await;
+    chrome.click(".swagger-ui .opblock-get .opblock-summary").await;
+    chrome.click(".swagger-ui .try-out__btn").await;
+    chrome.click(".swagger-ui .execute").await;
+    let status = chrome.css(".swagger-ui .live-responses-table .response .response-col_status").await;
+    assert_eq!(status.text().await.unwrap().trim(), "200");
+    let body = chrome.text(".swagger-ui .live-responses-table .response-col_description .highlight-code").await;
+    assert!(body.contains("weather"), "the upstream's answer: {body}");
+    let shown = serde_json::to_value(&status).unwrap();
+    chrome.client.execute("arguments[0].scrollIntoView({block: 'center'});", vec![shown]).await.unwrap();
+    chrome.screenshot("16-try-it").await;
+    // The request left the page for the gateway, which the page's CSP allows.
+    let errors = console_errors(&chrome.console().await);
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
     chrome.close().await;
 }
