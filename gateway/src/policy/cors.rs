@@ -209,6 +209,21 @@ const DOCS_METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"
 /// Request headers the interactive docs send besides the version's credential headers.
 const DOCS_HEADERS: [&str; 3] = ["accept", "content-type", "authorization"];
 
+/// Response headers of the gateway's own that the docs may show: the request id, rate
+/// limits, lifecycle and cache status.
+const DOCS_EXPOSED: [&str; 10] = [
+    "x-request-id",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "ratelimit-policy",
+    "retry-after",
+    "deprecation",
+    "sunset",
+    "link",
+    "x-cache",
+];
+
 /// A version's CORS: its own policy, and the docs rules for the gateway's
 /// `docs_origins`. Compiled once per snapshot; `None` on a version when it has neither.
 #[derive(Debug, Clone)]
@@ -295,10 +310,21 @@ pub fn docs_spec(policies: &Policies, docs_origins: &[Origin]) -> CorsSpec {
         origins: docs_origins.iter().map(|o| o.as_str().to_owned()).collect(),
         methods,
         headers,
-        expose_headers: own.map(|c| c.expose_headers.clone()).unwrap_or_default(),
+        expose_headers: merged(&DOCS_EXPOSED, own.map(|c| c.expose_headers.as_slice()).unwrap_or_default()),
         credentials: false,
         max_age_seconds: own.map_or(CorsSpec::default().max_age_seconds, |c| c.max_age_seconds),
     }
+}
+
+/// `base` then the names of `extra` not in it, lower-cased.
+fn merged(base: &[&str], extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = base.iter().map(|n| (*n).to_owned()).collect();
+    for name in extra {
+        if !names.iter().any(|known| known.eq_ignore_ascii_case(name)) {
+            names.push(name.to_ascii_lowercase());
+        }
+    }
+    names
 }
 
 /// A web origin as browsers send it in `Origin`: `scheme://host[:port]`, http or
@@ -601,6 +627,12 @@ mod tests {
         assert_eq!(upstream[ACCESS_CONTROL_ALLOW_ORIGIN], "http://127.0.0.1:8003");
         assert!(upstream.get(ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none(), "the upstream's is removed");
         assert_eq!(upstream[VARY], "Origin");
+        // The docs may show the gateway's own headers (rate limits, request id…).
+        assert_eq!(
+            upstream[ACCESS_CONTROL_EXPOSE_HEADERS],
+            "x-request-id, ratelimit-limit, ratelimit-remaining, ratelimit-reset, ratelimit-policy, retry-after, \
+             deprecation, sunset, link, x-cache"
+        );
 
         // Other origins, and requests without one, keep the upstream's CORS headers and
         // only learn that the answer varies by origin (a cache must not serve it to the docs).
@@ -656,7 +688,8 @@ mod tests {
         let mut response = HeaderMap::new();
         c.decorate(&c.actual(&request(&[("origin", "https://portal.example")])).unwrap(), &mut response);
         assert_eq!(response[ACCESS_CONTROL_ALLOW_ORIGIN], "https://portal.example");
-        assert_eq!(response[ACCESS_CONTROL_EXPOSE_HEADERS], "x-total");
+        let exposed = response[ACCESS_CONTROL_EXPOSE_HEADERS].to_str().unwrap();
+        assert!(exposed.starts_with("x-request-id, ratelimit-limit") && exposed.ends_with(", x-cache, x-total"));
         assert!(response.get(ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
         let mut response = HeaderMap::new();
         c.decorate(&c.actual(&request(&[("origin", "https://app.example")])).unwrap(), &mut response);

@@ -228,8 +228,12 @@ async fn the_sign_in_page_offers_the_provider_and_the_flow_uses_pkce_state_and_n
 async fn a_first_sign_in_creates_a_confirmed_account_and_later_ones_find_it() {
     let (portal, provider) = portal_with_provider(Backend::Postgres, vec![ada(true)]).await;
     let mut browser = portal.browser();
-    let page = sign_in_through_provider(&portal, &provider, &mut browser, "/apps", ADA_AT_PROVIDER).await;
-    page.assert_redirect("/apps");
+    let authorize = start(&mut browser, "/apps").await;
+    let before = browser.cookie.clone().expect("the flow is kept in a session");
+    let back = Agent::new().sign_in(provider.issuer(), &portal.url, &authorize, ADA_AT_PROVIDER, ADA_PASSWORD).await;
+    browser.get(&path_of(&portal, &back)).await.assert_redirect("/apps");
+    // Signed in under a new session id (no fixation).
+    assert_ne!(browser.cookie.as_deref(), Some(before.as_str()));
     let apps = browser.get("/apps").await;
     assert_eq!(apps.status, StatusCode::OK, "{}", apps.body);
     assert!(apps.body.contains("Signed in as ada@example.com"), "{}", apps.body);
