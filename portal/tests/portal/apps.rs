@@ -43,6 +43,23 @@ pub(crate) async fn start_gateway_on(
     (url, gateway)
 }
 
+/// Waits until `gateway` serves the portal's newest snapshot.
+pub(crate) async fn caught_up(portal: &TestPortal, gateway: &turnpike_gateway::ConfigStore) {
+    let latest = turnpike_store::snapshots::latest(portal.store.db()).await.unwrap().unwrap().version;
+    tokio::time::timeout(Duration::from_secs(5), gateway.wait_for_version(latest)).await.unwrap();
+}
+
+/// Through the forms: a new application named `name`, subscribed to `version` under
+/// `plan`, and a key for it; returns the application's id and the key.
+pub(crate) async fn subscribed_key(browser: &mut Browser, name: &str, version: &str, plan: &str) -> (String, String) {
+    let app = create_app(browser, name).await;
+    let app_path = format!("/apps/{app}");
+    let subscribe = [("version_id", version), ("plan_id", plan)];
+    browser.submit(&app_path, &format!("{app_path}/subscriptions"), &subscribe).await.assert_redirect(&app_path);
+    let key = key_on(&browser.submit(&app_path, &format!("{app_path}/keys"), &[("name", "server")]).await);
+    (app, key)
+}
+
 /// A real upstream on a loopback port answering every request with 200 "weather".
 pub(crate) async fn start_upstream() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -163,8 +180,7 @@ async fn keys_at_the_gateway(portal: TestPortal) {
     let (gateway, config) = start_gateway(&portal).await;
     let upstream = start_upstream().await;
     let catalog = catalog(&portal, &upstream).await;
-    let latest = turnpike_store::snapshots::latest(portal.store.db()).await.unwrap().unwrap().version;
-    tokio::time::timeout(Duration::from_secs(5), config.wait_for_version(latest)).await.unwrap();
+    caught_up(&portal, &config).await;
 
     // Signed out: sent to sign in, and back afterwards.
     portal.browser().get("/apps").await.assert_redirect("/sign-in?next=/apps");
@@ -343,14 +359,10 @@ async fn applications_are_renamed_and_deleted_with_their_keys() {
     let (gateway, config) = start_gateway(&portal).await;
     let upstream = start_upstream().await;
     let catalog = catalog(&portal, &upstream).await;
-    let latest = turnpike_store::snapshots::latest(portal.store.db()).await.unwrap().unwrap().version;
-    tokio::time::timeout(Duration::from_secs(5), config.wait_for_version(latest)).await.unwrap();
+    caught_up(&portal, &config).await;
     let mut ann = portal.signed_in("ann@example.com").await;
-    let app = create_app(&mut ann, "Weather station").await;
+    let (app, key) = subscribed_key(&mut ann, "Weather station", &catalog.version, &catalog.free).await;
     let app_path = format!("/apps/{app}");
-    let subscribe = [("version_id", catalog.version.as_str()), ("plan_id", catalog.free.as_str())];
-    ann.submit(&app_path, &format!("{app_path}/subscriptions"), &subscribe).await.assert_redirect(&app_path);
-    let key = key_on(&ann.submit(&app_path, &format!("{app_path}/keys"), &[("name", "server")]).await);
     assert_eq!(call(&gateway, &key).await, StatusCode::OK);
 
     // Rename: a bad name is refused with the typed values kept, and nothing changes.

@@ -19,7 +19,7 @@ use turnpike_store::publish::Publisher;
 use turnpike_store::{Actor, apis, plans, upstreams, versions};
 use turnpike_testkit::{ChromeDriver, JAVASCRIPT_OFF, artifacts_dir};
 
-use crate::apps::{call, create_app, eventually, json, key_on, start_gateway, start_gateway_on, start_upstream};
+use crate::apps::{call, caught_up, eventually, json, start_gateway, start_gateway_on, start_upstream, subscribed_key};
 use crate::oidc::{ADA_AT_PROVIDER, ADA_PASSWORD, ada, portal_with_provider};
 use crate::support::{Backend, PASSWORD, TestPortal};
 
@@ -83,8 +83,7 @@ async fn portal_and_gateway() -> (TestPortal, String, Published) {
     let (gateway, config) = start_gateway(&portal).await;
     let upstream = start_upstream().await;
     let published = publish_weather(&portal, &upstream).await;
-    let latest = turnpike_store::snapshots::latest(portal.store.db()).await.unwrap().unwrap().version;
-    tokio::time::timeout(Duration::from_secs(5), config.wait_for_version(latest)).await.unwrap();
+    caught_up(&portal, &config).await;
     (portal, gateway, published)
 }
 
@@ -491,16 +490,11 @@ async fn try_it_in_the_docs_calls_the_gateway_with_a_key() {
     let (gateway, config) = start_gateway_on(&portal, listener, [origin]).await;
     let upstream = start_upstream().await;
     let published = publish_weather(&portal, &upstream).await;
-    let latest = turnpike_store::snapshots::latest(portal.store.db()).await.unwrap().unwrap().version;
-    tokio::time::timeout(Duration::from_secs(5), config.wait_for_version(latest)).await.unwrap();
+    caught_up(&portal, &config).await;
 
     // A key for the weather API, made through the portal's forms.
     let mut ann = portal.signed_in("ann@example.com").await;
-    let app = create_app(&mut ann, "Try it").await;
-    let app_path = format!("/apps/{app}");
-    let subscribe = [("version_id", published.version.as_str()), ("plan_id", published.free.as_str())];
-    ann.submit(&app_path, &format!("{app_path}/subscriptions"), &subscribe).await.assert_redirect(&app_path);
-    let key = key_on(&ann.submit(&app_path, &format!("{app_path}/keys"), &[("name", "docs")]).await);
+    let (_, key) = subscribed_key(&mut ann, "Try it", &published.version, &published.free).await;
     assert_eq!(call(&gateway, &key).await, StatusCode::OK);
 
     // In the browser: authorize Swagger UI with the key, then run GET /today from the page.
