@@ -93,6 +93,52 @@ impl ImportError {
     }
 }
 
+/// Most request header names [`request_header_names`] returns.
+pub const MAX_REQUEST_HEADERS: usize = 32;
+
+/// The request headers a document's operations take, lower-cased, sorted and without
+/// repeats: header parameters (of paths and operations, `$ref`s to
+/// `components/parameters` followed) and API keys sent in a header (security schemes of
+/// type `apiKey`, `in: header`). The interactive docs send these, so the gateway allows
+/// them in CORS preflights from the portal. Names that are no valid header name are
+/// left out, and at most [`MAX_REQUEST_HEADERS`] are kept.
+pub fn request_header_names(document: &Value) -> Vec<String> {
+    let components = document.get("components");
+    let resolve = |parameter: &'_ Value| -> Option<Value> {
+        match parameter.get("$ref").and_then(Value::as_str) {
+            Some(reference) => {
+                let name = reference.strip_prefix("#/components/parameters/")?;
+                components?.get("parameters")?.get(name).cloned()
+            }
+            None => Some(parameter.clone()),
+        }
+    };
+    let mut names = std::collections::BTreeSet::new();
+    let mut take = |name: Option<&str>| {
+        if let Some(name) = name.filter(|n| validate::header_name("name", n).is_ok()) {
+            names.insert(name.to_ascii_lowercase());
+        }
+    };
+    let paths = document.get("paths").and_then(Value::as_object);
+    for item in paths.into_iter().flat_map(|p| p.values()) {
+        let operations = item.as_object().into_iter().flat_map(|o| o.values());
+        let lists = std::iter::once(item).chain(operations).filter_map(|o| o.get("parameters")?.as_array());
+        for parameter in lists.flatten().filter_map(resolve) {
+            if parameter.get("in").and_then(Value::as_str) == Some("header") {
+                take(parameter.get("name").and_then(Value::as_str));
+            }
+        }
+    }
+    let schemes = components.and_then(|c| c.get("securitySchemes")).and_then(Value::as_object);
+    for scheme in schemes.into_iter().flat_map(|s| s.values()) {
+        let field = |key: &str| scheme.get(key).and_then(Value::as_str);
+        if field("type") == Some("apiKey") && field("in") == Some("header") {
+            take(field("name"));
+        }
+    }
+    names.into_iter().take(MAX_REQUEST_HEADERS).collect()
+}
+
 /// Imports an OpenAPI 3.0.x or 3.1.x document.
 pub fn import(text: &str) -> Result<ImportedDocument, ImportError> {
     let format = DocFormat::detect(text);
@@ -425,6 +471,45 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn request_headers_come_from_parameters_and_api_key_schemes() {
+        let document = serde_json::json!({
+            "openapi": "3.0.3",
+            "paths": {
+                "/pets": {
+                    "parameters": [{"name": "X-Tenant", "in": "header"}, {"name": "limit", "in": "query"}],
+                    "get": {"parameters": [
+                        {"$ref": "#/components/parameters/Trace"},
+                        {"name": "x-tenant", "in": "header"},
+                        {"name": "bad header", "in": "header"},
+                        {"$ref": "#/components/parameters/Missing"}
+                    ]},
+                    "summary": "not an operation"
+                }
+            },
+            "components": {
+                "parameters": {"Trace": {"name": "X-Trace-Id", "in": "header"}},
+                "securitySchemes": {
+                    "key": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+                    "query_key": {"type": "apiKey", "in": "query", "name": "api_key"},
+                    "bearer": {"type": "http", "scheme": "bearer"}
+                }
+            }
+        });
+        assert_eq!(request_header_names(&document), ["x-api-key", "x-tenant", "x-trace-id"]);
+        assert!(request_header_names(&serde_json::json!({"openapi": "3.1.0"})).is_empty());
+        let many: serde_json::Map<String, Value> = (0..100)
+            .map(|i| {
+                (
+                    format!("/p{i}"),
+                    serde_json::json!({"get": {"parameters": [{"name": format!("x-h{i:03}"), "in": "header"}]}}),
+                )
+            })
+            .collect();
+        let names = request_header_names(&serde_json::json!({"paths": many}));
+        assert_eq!(names.len(), MAX_REQUEST_HEADERS);
+    }
 
     fn fixtures_dir() -> PathBuf {
         turnpike_testkit::fixtures_dir().join("openapi")

@@ -50,6 +50,11 @@ pub struct SnapshotVersion {
     /// so that other snapshots keep their checksums.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openapi: Option<serde_json::Value>,
+    /// Request headers the version's OpenAPI document names (header parameters, API keys
+    /// in headers; [`crate::openapi::request_header_names`]): the portal's interactive docs
+    /// send them, so the gateway allows them from the docs origins. Left out when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub docs_headers: Vec<String>,
 }
 
 /// An API whose versions are also chosen by a header or query parameter under a

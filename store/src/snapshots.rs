@@ -60,6 +60,7 @@ pub async fn compile_content(db: &impl ConnectionTrait) -> Result<SnapshotConten
             let policies = crate::versions::policies_of(&v);
             SnapshotVersion {
                 openapi: validation_document(&v, &policies),
+                docs_headers: docs_headers(&v),
                 policies,
                 state: state_of(&v),
                 api_slug: slugs.get(&v.api_id).cloned().unwrap_or_default(),
@@ -115,6 +116,12 @@ const MAX_DOCUMENT_DEPTH: usize = 100;
 /// against it; `None` for every other version, so that snapshots stay small. A
 /// document that cannot travel in a snapshot is left out with a warning, and the
 /// gateway then does not validate that version.
+/// The request headers the version's document names, for the docs' CORS preflights.
+fn docs_headers(v: &api_versions::Model) -> Vec<String> {
+    let document = v.openapi_document.as_deref().and_then(|text| serde_json::from_str::<Value>(text).ok());
+    document.map(|d| turnpike_domain::openapi::request_header_names(&d)).unwrap_or_default()
+}
+
 fn validation_document(v: &api_versions::Model, policies: &Policies) -> Option<Value> {
     if !policies.validate_requests {
         return None;

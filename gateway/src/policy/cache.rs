@@ -686,6 +686,7 @@ mod tests {
             routes: vec![],
             policies,
             openapi: None,
+            docs_headers: Vec::new(),
         }
     }
 

@@ -233,10 +233,17 @@ pub struct VersionCors {
 }
 
 impl VersionCors {
-    /// Compiles a version's CORS; `docs_origins` get the docs rules ([`docs_spec`]).
-    pub fn compile(policies: &Policies, docs_origins: &[Origin], version_id: &str) -> Option<VersionCors> {
+    /// Compiles a version's CORS; `docs_origins` get the docs rules ([`docs_spec`]),
+    /// which also allow `document_headers` (the headers its OpenAPI document names).
+    pub fn compile(
+        policies: &Policies,
+        document_headers: &[String],
+        docs_origins: &[Origin],
+        version_id: &str,
+    ) -> Option<VersionCors> {
         let policy = policies.cors.as_ref().map(|spec| Cors::compile(spec, version_id));
-        let docs = (!docs_origins.is_empty()).then(|| Cors::compile(&docs_spec(policies, docs_origins), version_id));
+        let docs = (!docs_origins.is_empty())
+            .then(|| Cors::compile(&docs_spec(policies, document_headers, docs_origins), version_id));
         (policy.is_some() || docs.is_some()).then_some(VersionCors { policy, docs })
     }
 
@@ -290,7 +297,7 @@ impl VersionCors {
 /// and the headers the docs send (the version's API-key and JWT headers included),
 /// each with what the version's own policy adds; its exposed headers and preflight
 /// lifetime; never credentials.
-pub fn docs_spec(policies: &Policies, docs_origins: &[Origin]) -> CorsSpec {
+pub fn docs_spec(policies: &Policies, document_headers: &[String], docs_origins: &[Origin]) -> CorsSpec {
     let own = policies.cors.as_ref();
     let mut methods: Vec<String> = DOCS_METHODS.iter().map(|m| (*m).to_owned()).collect();
     for m in own.map(|c| c.methods.as_slice()).unwrap_or_default() {
@@ -301,7 +308,8 @@ pub fn docs_spec(policies: &Policies, docs_origins: &[Origin]) -> CorsSpec {
     let credentials = [policies.key_auth.as_ref().map(|k| &k.header), policies.jwt.as_ref().map(|j| &j.header)];
     let mut headers: Vec<String> = Vec::new();
     let named = DOCS_HEADERS.iter().copied().chain(credentials.into_iter().flatten().map(String::as_str));
-    for name in named.chain(own.map(|c| c.headers.as_slice()).unwrap_or_default().iter().map(String::as_str)) {
+    let own_headers = own.map(|c| c.headers.as_slice()).unwrap_or_default();
+    for name in named.chain(document_headers.iter().chain(own_headers).map(String::as_str)) {
         if !headers.iter().any(|known| known.eq_ignore_ascii_case(name)) {
             headers.push(name.to_ascii_lowercase());
         }
@@ -590,13 +598,13 @@ mod tests {
 
     #[test]
     fn without_docs_origins_or_a_policy_a_version_has_no_cors() {
-        assert!(VersionCors::compile(&keyed("x-api-key"), &[], "v").is_none());
-        assert!(VersionCors::compile(&Policies::default(), &origins(&["http://127.0.0.1:8003"]), "v").is_some());
+        assert!(VersionCors::compile(&keyed("x-api-key"), &[], &[], "v").is_none());
+        assert!(VersionCors::compile(&Policies::default(), &[], &origins(&["http://127.0.0.1:8003"]), "v").is_some());
     }
 
     #[test]
     fn docs_origins_get_the_docs_rules_on_a_version_without_a_policy() {
-        let c = VersionCors::compile(&keyed("X-Key"), &origins(&["http://127.0.0.1:8003"]), "v").unwrap();
+        let c = VersionCors::compile(&keyed("X-Key"), &[], &origins(&["http://127.0.0.1:8003"]), "v").unwrap();
         let h = c
             .preflight(&request(&[
                 ("origin", "http://127.0.0.1:8003"),
@@ -663,7 +671,8 @@ mod tests {
             credentials: true,
             max_age_seconds: 60,
         });
-        let c = VersionCors::compile(&policies, &origins(&["https://portal.example"]), "v").unwrap();
+        let c = VersionCors::compile(&policies, &["x-trace-id".to_owned()], &origins(&["https://portal.example"]), "v")
+            .unwrap();
         let ask = |origin: &'static str| {
             c.preflight(&request(&[
                 ("origin", origin),
@@ -680,7 +689,7 @@ mod tests {
         assert_eq!(docs[ACCESS_CONTROL_ALLOW_METHODS], "GET, HEAD, POST, PUT, PATCH, DELETE, PURGE");
         assert_eq!(
             docs[ACCESS_CONTROL_ALLOW_HEADERS],
-            "accept, content-type, authorization, x-api-key, x-token, x-tenant"
+            "accept, content-type, authorization, x-api-key, x-token, x-trace-id, x-tenant"
         );
         assert_eq!(docs[ACCESS_CONTROL_MAX_AGE], "60");
         assert_eq!(ask("https://evil.example"), Err(Refusal::Origin), "the policy still answers other origins");

@@ -41,7 +41,7 @@ impl VersionPolicies {
         let id = version.id.as_str();
         VersionPolicies {
             ip: p.ip.as_ref().and_then(|rules| IpRules::compile(rules, id)),
-            cors: VersionCors::compile(p, docs_origins, id),
+            cors: VersionCors::compile(p, &version.docs_headers, docs_origins, id),
             request_headers: HeaderTransform::compile(&p.request_headers, Side::Request, id),
             response_headers: HeaderTransform::compile(&p.response_headers, Side::Response, id),
             cache: p.cache.as_ref().map(|cache| CachePolicy::compile(cache, version, responses)),

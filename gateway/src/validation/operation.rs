@@ -250,6 +250,7 @@ mod tests {
             routes,
             policies: Policies { validate_requests: validate, ..Default::default() },
             openapi: document,
+            docs_headers: Vec::new(),
         }
     }
 

@@ -38,6 +38,7 @@ fn weather_document() -> String {
             "/today": {"get": {
                 "operationId": "today",
                 "summary": "Today's forecast",
+                "parameters": [{"name": "X-Units", "in": "header", "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "The forecast"}}
             }}
         }
@@ -506,11 +507,16 @@ async fn try_it_in_the_docs_calls_the_gateway_with_a_key() {
     chrome.click(".swagger-ui .modal-ux .btn-done").await;
     chrome.click(".swagger-ui .opblock-get .opblock-summary").await;
     chrome.click(".swagger-ui .try-out__btn").await;
+    // A header the document declares: the gateway allows it from the portal because the
+    // document names it (a preflight asking for any other header is refused).
+    chrome.fill(".swagger-ui tr[data-param-name='X-Units'] input", "metric").await;
     chrome.click(".swagger-ui .execute").await;
     let status = chrome.css(".swagger-ui .live-responses-table .response .response-col_status").await;
     assert_eq!(status.text().await.unwrap().trim(), "200");
     let body = chrome.text(".swagger-ui .live-responses-table .response-col_description .highlight-code").await;
     assert!(body.contains("weather"), "the upstream's answer: {body}");
+    let curl = chrome.text(".swagger-ui .curl-command").await;
+    assert!(curl.contains("X-Units: metric"), "the declared header was sent: {curl}");
     let shown = serde_json::to_value(&status).unwrap();
     chrome.client.execute("arguments[0].scrollIntoView({block: 'center'});", vec![shown]).await.unwrap();
     chrome.screenshot("16-try-it").await;
