@@ -10,7 +10,7 @@ use turnpike_portal::mail::SmtpUrl;
 use turnpike_store::portal::accounts;
 use turnpike_testkit::{ReceivedMail, SmtpServer};
 
-use crate::support::{Backend, Browser, PASSWORD, Page, TestPortal};
+use crate::support::{Backend, Browser, PASSWORD, Page, TestPortal, reset_works_once};
 
 /// How long mail may take to arrive (it is sent in the background, after the answer).
 const MAIL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -162,24 +162,7 @@ async fn password_reset_mail_goes_over_smtp_and_its_link_works_once() {
     assert!(portal.all_mail().await.is_empty(), "nothing goes to the development outbox");
 
     let link = link(&portal, &mail, "/reset-password?token=");
-    let token = link.split("token=").nth(1).unwrap().to_owned();
-    let form = browser.get(&link).await;
-    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
-    let done = browser
-        .post("/reset-password", &[("csrf", &form.csrf()), ("token", &token), ("password", "a brand new passphrase")])
-        .await;
-    done.assert_redirect("/sign-in");
-    assert!(browser.follow(&done).await.body.contains("Your password is changed"));
-
-    // Once only.
-    let reused = browser.get(&link).await;
-    assert_eq!(reused.status, StatusCode::BAD_REQUEST);
-    assert!(reused.body.contains("This link does not work"), "{}", reused.body);
-    let csrf = browser.get("/forgot-password").await.csrf();
-    let replay = browser
-        .post("/reset-password", &[("csrf", &csrf), ("token", &token), ("password", "yet another passphrase")])
-        .await;
-    assert_eq!(replay.status, StatusCode::BAD_REQUEST);
+    reset_works_once(&mut browser, &link).await;
 
     assert_eq!(portal.browser().sign_in("grace@example.com", PASSWORD, "").await.status, StatusCode::BAD_REQUEST);
     portal.browser().sign_in("grace@example.com", "a brand new passphrase", "").await.assert_redirect("/");

@@ -158,6 +158,29 @@ pub fn link_in(mail: &OutboxMail, needle: &str) -> String {
     after_scheme[after_scheme.find('/').unwrap()..].to_owned()
 }
 
+/// Uses a password reset `link` (a path): the new password "a brand new passphrase" is
+/// taken, then the link and a replay of its token are refused.
+pub async fn reset_works_once(browser: &mut Browser, link: &str) {
+    let token = link.split("token=").nth(1).expect("a token in the link").to_owned();
+    let form = browser.get(link).await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+    let done = browser
+        .post("/reset-password", &[("csrf", &form.csrf()), ("token", &token), ("password", "a brand new passphrase")])
+        .await;
+    done.assert_redirect("/sign-in");
+    assert!(browser.follow(&done).await.body.contains("Your password is changed"));
+
+    // Used: the link and the form refuse it.
+    let reused = browser.get(link).await;
+    assert_eq!(reused.status, StatusCode::BAD_REQUEST);
+    assert!(reused.body.contains("This link does not work"), "{}", reused.body);
+    let csrf = browser.get("/forgot-password").await.csrf();
+    let replay = browser
+        .post("/reset-password", &[("csrf", &csrf), ("token", &token), ("password", "yet another passphrase")])
+        .await;
+    assert_eq!(replay.status, StatusCode::BAD_REQUEST);
+}
+
 /// A response read in full.
 #[derive(Debug)]
 pub struct Page {
