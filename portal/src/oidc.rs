@@ -5,8 +5,11 @@
 //! browser to the provider; `/sign-in/oidc/{provider}/callback` checks `state`,
 //! exchanges the code (with the PKCE verifier and the client secret), verifies the ID
 //! token (signature, issuer, audience, expiry, nonce), reads the claims the provider
-//! vouches for, and signs the developer in — linking or creating the account by
-//! verified email ([`decide`]). The redirect URI is exactly
+//! vouches for, and signs the developer in ([`decide`]): the developer the identity is
+//! linked to, or a new account for a verified email nobody has. An existing account is
+//! opened only by a provider trusted to (`link_existing_by_email`); otherwise its owner,
+//! signed in, links the provider from the account page (the same flow, started by a
+//! signed-in developer, links instead of signing in). The redirect URI is exactly
 //! `<portal.public_url>/sign-in/oidc/<provider>/callback`.
 //!
 //! The flow starts with a GET link (not a form) so that the portal's
