@@ -42,8 +42,10 @@ use crate::pages::{FlashKind, PageError, current_developer, flash};
 use crate::settings::PublicUrl;
 use crate::{PortalState, accounts as account_pages, mail, rules};
 
-/// Session key of the sign-in flow under way.
-const PENDING_KEY: &str = "oidc_pending";
+/// Session key of the sign-in flows under way (one per browser tab that started one).
+const FLOWS_KEY: &str = "oidc_flows";
+/// Most flows a session keeps; starting another forgets the oldest.
+const MAX_FLOWS: usize = 4;
 /// How long a started sign-in may take at the provider.
 pub const FLOW_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 /// How long a provider's discovery document and keys are reused before being fetched
@@ -339,24 +341,41 @@ pub enum CallbackProblem {
     Expired,
 }
 
-/// Checks a callback against the flow this session started.
-pub fn check_callback(
-    pending: Option<&Pending>,
+/// Takes the flow `state` names out of the session's `flows` (it is used once,
+/// whatever happens next) and checks that it is for `provider` and not too old. A
+/// `state` that names none leaves the flows alone, so a forged answer cannot cancel
+/// someone's sign-in.
+pub fn take_flow(
+    flows: &mut Vec<Pending>,
     provider: &str,
     state: &str,
     now: chrono::DateTime<Utc>,
-) -> Result<(), CallbackProblem> {
-    let pending = pending.ok_or(CallbackProblem::NotStarted)?;
-    if pending.provider != provider {
+) -> Result<Pending, CallbackProblem> {
+    if flows.is_empty() {
+        return Err(CallbackProblem::NotStarted);
+    }
+    let found = flows.iter().position(|f| crate::csrf::tokens_match(state, &f.state));
+    let flow = flows.remove(found.ok_or(CallbackProblem::StateMismatch)?);
+    if flow.provider != provider {
         return Err(CallbackProblem::OtherProvider);
     }
-    if !crate::csrf::tokens_match(state, &pending.state) {
-        return Err(CallbackProblem::StateMismatch);
-    }
-    if now - pending.started_at > FLOW_LIFETIME || now < pending.started_at {
+    if !is_fresh(&flow, now) {
         return Err(CallbackProblem::Expired);
     }
-    Ok(())
+    Ok(flow)
+}
+
+fn is_fresh(flow: &Pending, now: chrono::DateTime<Utc>) -> bool {
+    now >= flow.started_at && now - flow.started_at <= FLOW_LIFETIME
+}
+
+/// Adds a flow to the session's, dropping stale ones and, beyond [`MAX_FLOWS`], the oldest.
+pub fn add_flow(flows: &mut Vec<Pending>, flow: Pending, now: chrono::DateTime<Utc>) {
+    flows.retain(|f| is_fresh(f, now));
+    flows.push(flow);
+    if flows.len() > MAX_FLOWS {
+        flows.drain(..flows.len() - MAX_FLOWS);
+    }
 }
 
 /// What a provider says about the person signing in.
@@ -497,7 +516,9 @@ async fn start(
         started_at: Utc::now(),
         link_to,
     };
-    session.insert(PENDING_KEY, &pending).await.map_err(PageError::internal)?;
+    let mut flows: Vec<Pending> = session.get(FLOWS_KEY).await.map_err(PageError::internal)?.unwrap_or_default();
+    add_flow(&mut flows, pending, Utc::now());
+    session.insert(FLOWS_KEY, &flows).await.map_err(PageError::internal)?;
     Ok(Redirect::to(url.as_str()).into_response())
 }
 
@@ -518,18 +539,20 @@ async fn callback(
     Query(query): Query<CallbackQuery>,
 ) -> Result<Response, PageError> {
     let provider = state.oidc.get(&provider_id).ok_or_else(PageError::not_found)?;
-    // Used once, whatever happens next (saved now: sessions are not saved with a 5xx answer).
-    let pending: Option<Pending> = session.remove(PENDING_KEY).await.map_err(PageError::internal)?;
-    if pending.is_some() {
+    let mut flows: Vec<Pending> = session.get(FLOWS_KEY).await.map_err(PageError::internal)?.unwrap_or_default();
+    let before = flows.len();
+    let taken = take_flow(&mut flows, &provider_id, &query.state, Utc::now());
+    if flows.len() != before {
+        // Used once, whatever happens next (saved now: sessions are not saved with a 5xx answer).
+        session.insert(FLOWS_KEY, &flows).await.map_err(PageError::internal)?;
         session.save().await.map_err(PageError::internal)?;
     }
-    if let Err(problem) = check_callback(pending.as_ref(), &provider_id, &query.state, Utc::now()) {
+    let pending = taken.map_err(|problem| {
         tracing::info!(provider = %provider_id, ?problem, "OpenID callback refused");
-        return Err(PageError::bad_request(
+        PageError::bad_request(
             "This sign-in did not start here, was already used or took too long. Start again from the sign-in page.",
-        ));
-    }
-    let pending = pending.expect("checked above");
+        )
+    })?;
     let name = &provider.settings.name;
     if let Some(error) = query.error {
         tracing::info!(provider = %provider_id, %error, "OpenID provider refused the sign-in");
@@ -804,18 +827,39 @@ mod tests {
     }
 
     #[test]
-    fn callbacks_must_match_the_flow_this_session_started() {
+    fn callbacks_must_match_a_flow_this_session_started() {
         let now = Utc::now();
         let flow = pending(now - chrono::TimeDelta::minutes(1));
-        assert_eq!(check_callback(Some(&flow), "corp", "state-123", now), Ok(()));
-        assert_eq!(check_callback(None, "corp", "state-123", now), Err(CallbackProblem::NotStarted));
-        assert_eq!(check_callback(Some(&flow), "other", "state-123", now), Err(CallbackProblem::OtherProvider));
-        assert_eq!(check_callback(Some(&flow), "corp", "state-124", now), Err(CallbackProblem::StateMismatch));
-        assert_eq!(check_callback(Some(&flow), "corp", "", now), Err(CallbackProblem::StateMismatch));
+        let take = |flows: &[Pending], provider: &str, state: &str| {
+            let mut flows = flows.to_vec();
+            let taken = take_flow(&mut flows, provider, state, now);
+            (taken, flows.len())
+        };
+        assert_eq!(take(std::slice::from_ref(&flow), "corp", "state-123"), (Ok(flow.clone()), 0));
+        assert_eq!(take(&[], "corp", "state-123"), (Err(CallbackProblem::NotStarted), 0));
+        // A state naming no flow leaves the flows alone.
+        assert_eq!(take(std::slice::from_ref(&flow), "corp", "state-124"), (Err(CallbackProblem::StateMismatch), 1));
+        assert_eq!(take(std::slice::from_ref(&flow), "corp", ""), (Err(CallbackProblem::StateMismatch), 1));
+        // A flow named but wrong is used up all the same.
+        assert_eq!(take(std::slice::from_ref(&flow), "other", "state-123"), (Err(CallbackProblem::OtherProvider), 0));
         let old = pending(now - FLOW_LIFETIME - chrono::TimeDelta::seconds(1));
-        assert_eq!(check_callback(Some(&old), "corp", "state-123", now), Err(CallbackProblem::Expired));
+        assert_eq!(take(&[old], "corp", "state-123"), (Err(CallbackProblem::Expired), 0));
         let future = pending(now + chrono::TimeDelta::minutes(5));
-        assert_eq!(check_callback(Some(&future), "corp", "state-123", now), Err(CallbackProblem::Expired));
+        assert_eq!(take(&[future], "corp", "state-123"), (Err(CallbackProblem::Expired), 0));
+        // Among several, the one named.
+        let other = Pending { state: "state-456".into(), ..flow.clone() };
+        assert_eq!(take(&[other.clone(), flow.clone()], "corp", "state-123"), (Ok(flow.clone()), 1));
+    }
+
+    #[test]
+    fn a_session_keeps_a_few_fresh_flows() {
+        let now = Utc::now();
+        let mut flows = vec![pending(now - FLOW_LIFETIME - chrono::TimeDelta::seconds(1))];
+        for i in 0..6 {
+            add_flow(&mut flows, Pending { state: format!("s{i}"), ..pending(now) }, now);
+        }
+        let states: Vec<&str> = flows.iter().map(|f| f.state.as_str()).collect();
+        assert_eq!(states, ["s2", "s3", "s4", "s5"], "the stale one and the oldest went");
     }
 
     fn identity(email: Option<&str>, verified: bool, name: Option<&str>) -> Identity {

@@ -390,14 +390,13 @@ async fn callbacks_with_a_wrong_or_used_state_are_refused() {
     assert_eq!(page.status, StatusCode::BAD_REQUEST);
     assert!(page.body.contains("Start again"), "{}", page.body);
 
-    // A real code with a tampered state: refused, and the flow is used up.
-    let mut browser = portal.browser();
-    let authorize = start(&mut browser, "").await;
+    // A real code with a tampered state: refused (the flow it does not name stays).
+    let mut tampering = portal.browser();
+    let authorize = start(&mut tampering, "").await;
     let back = Agent::new().sign_in(provider.issuer(), &portal.url, &authorize, ADA_AT_PROVIDER, ADA_PASSWORD).await;
     let state = query_param(&back, "state").unwrap();
     let tampered = path_of(&portal, &back).replace(&format!("state={state}"), "state=forged");
-    assert_eq!(browser.get(&tampered).await.status, StatusCode::BAD_REQUEST);
-    assert_eq!(browser.get(&path_of(&portal, &back)).await.status, StatusCode::BAD_REQUEST, "used up");
+    assert_eq!(tampering.get(&tampered).await.status, StatusCode::BAD_REQUEST);
 
     // Another browser cannot use a code and state made for this one (login CSRF).
     let mut browser = portal.browser();
@@ -409,13 +408,32 @@ async fn callbacks_with_a_wrong_or_used_state_are_refused() {
     // Nothing was created by any of it.
     assert_eq!(developer_count(&portal).await, 0);
 
-    // The right browser, once: signed in; the same callback again: refused.
+    // The right browser, once: signed in; the same callback again: refused, there and
+    // in any other browser.
     let mut browser = portal.browser();
     let authorize = start(&mut browser, "").await;
     let back = Agent::new().sign_in(provider.issuer(), &portal.url, &authorize, ADA_AT_PROVIDER, ADA_PASSWORD).await;
     browser.get(&path_of(&portal, &back)).await.assert_redirect("/");
+    assert_eq!(browser.get(&path_of(&portal, &back)).await.status, StatusCode::BAD_REQUEST, "used up");
     let mut replay = portal.browser();
     assert_eq!(replay.get(&path_of(&portal, &back)).await.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn sign_ins_started_in_two_tabs_each_work_once() {
+    let (portal, provider) = portal_with_provider(Backend::Sqlite, vec![ada(true)]).await;
+    let mut browser = portal.browser();
+    // Two tabs of one browser start a sign-in each; the first one started finishes first.
+    let first = start(&mut browser, "/apps").await;
+    let second = start(&mut browser, "/account").await;
+    let back_first = Agent::new().sign_in(provider.issuer(), &portal.url, &first, ADA_AT_PROVIDER, ADA_PASSWORD).await;
+    let back_second =
+        Agent::new().sign_in(provider.issuer(), &portal.url, &second, ADA_AT_PROVIDER, ADA_PASSWORD).await;
+    browser.get(&path_of(&portal, &back_first)).await.assert_redirect("/apps");
+    // The other tab's flow survived the first sign-in and goes where it was asked to.
+    browser.get(&path_of(&portal, &back_second)).await.assert_redirect("/account");
+    assert_eq!(browser.get(&path_of(&portal, &back_first)).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(developer_count(&portal).await, 1);
 }
 
 #[tokio::test]
@@ -480,7 +498,7 @@ async fn tamper_with_flow(portal: &TestPortal, browser: &Browser, field: &str, v
     let db = portal.store.db();
     let mut row = sessions::load(db, &hash, chrono::Utc::now()).await.unwrap().expect("the stored session");
     let mut data: serde_json::Value = serde_json::from_str(&row.data).unwrap();
-    let pending = data.get_mut("oidc_pending").expect("a sign-in under way");
+    let pending = data.get_mut("oidc_flows").and_then(|f| f.get_mut(0)).expect("a sign-in under way");
     assert_ne!(pending[field], value);
     pending[field] = value.into();
     row.data = data.to_string();
