@@ -8,6 +8,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, Query
 use serde_json::Value;
 use turnpike_domain::model::VersionState;
 use turnpike_domain::model::Versioning;
+use turnpike_domain::openapi::request_header_names;
 use turnpike_domain::policy::Policies;
 use turnpike_domain::snapshot::{
     Snapshot, SnapshotCertificate, SnapshotContent, SnapshotPlan, SnapshotRoute, SnapshotSelector, SnapshotUpstream,
@@ -58,9 +59,11 @@ pub async fn compile_content(db: &impl ConnectionTrait) -> Result<SnapshotConten
         .into_iter()
         .map(|v| {
             let policies = crate::versions::policies_of(&v);
+            // Parsed once for both of its uses.
+            let document = parsed_document(&v);
             SnapshotVersion {
-                openapi: validation_document(&v, &policies),
-                docs_headers: docs_headers(&v),
+                docs_headers: document.as_ref().map(request_header_names).unwrap_or_default(),
+                openapi: validation_document(&v, document, &policies),
                 policies,
                 state: state_of(&v),
                 api_slug: slugs.get(&v.api_id).cloned().unwrap_or_default(),
@@ -112,35 +115,33 @@ pub async fn compile_content(db: &impl ConnectionTrait) -> Result<SnapshotConten
 /// few levels of its own and must stay within `serde_json`'s limit of 128 to be read back.
 const MAX_DOCUMENT_DEPTH: usize = 100;
 
+/// The version's stored OpenAPI document, parsed; `None` without one, or (with a
+/// warning) when it does not parse.
+fn parsed_document(v: &api_versions::Model) -> Option<Value> {
+    let text = v.openapi_document.as_deref()?;
+    serde_json::from_str::<Value>(text)
+        .inspect_err(|e| tracing::warn!(version = %v.id, error = %e, "the stored OpenAPI document does not parse"))
+        .ok()
+}
+
 /// The stored OpenAPI document of a version whose policies validate requests
 /// against it; `None` for every other version, so that snapshots stay small. A
 /// document that cannot travel in a snapshot is left out with a warning, and the
 /// gateway then does not validate that version.
-/// The request headers the version's document names, for the docs' CORS preflights.
-fn docs_headers(v: &api_versions::Model) -> Vec<String> {
-    let document = v.openapi_document.as_deref().and_then(|text| serde_json::from_str::<Value>(text).ok());
-    document.map(|d| turnpike_domain::openapi::request_header_names(&d)).unwrap_or_default()
-}
-
-fn validation_document(v: &api_versions::Model, policies: &Policies) -> Option<Value> {
+fn validation_document(v: &api_versions::Model, document: Option<Value>, policies: &Policies) -> Option<Value> {
     if !policies.validate_requests {
         return None;
     }
-    let Some(text) = v.openapi_document.as_deref() else {
+    if v.openapi_document.is_none() {
         tracing::warn!(version = %v.id, "requests are to be validated but the version has no OpenAPI document");
         return None;
-    };
-    match serde_json::from_str::<Value>(text) {
-        Ok(document) if depth(&document) <= MAX_DOCUMENT_DEPTH => Some(document),
-        Ok(_) => {
-            tracing::warn!(version = %v.id, "the OpenAPI document nests too deeply to validate requests against it");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(version = %v.id, error = %e, "the stored OpenAPI document does not parse");
-            None
-        }
     }
+    let document = document?;
+    if depth(&document) > MAX_DOCUMENT_DEPTH {
+        tracing::warn!(version = %v.id, "the OpenAPI document nests too deeply to validate requests against it");
+        return None;
+    }
+    Some(document)
 }
 
 fn depth(value: &Value) -> usize {
